@@ -1,0 +1,37 @@
+"""Options shared by the API and the CLI, spelled the same in both (StrEnum values are the CLI words)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class CalibrationMethod(StrEnum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+    MSE = "mse"
+
+
+class Int8Flavour(StrEnum):
+    """Where the int8 artifact will run decides how Q/DQ is placed (see DESIGN.md)."""
+
+    TENSORRT = "tensorrt"  # symmetric int8 activations, TensorRT's Q/DQ rules
+    ORT_CPU = "ort-cpu"  # uint8 activations + int8 weights (U8S8), fast on x86
+
+
+class Task(StrEnum):
+    CLASSIFY = "classify"
+    EMBED = "embed"
+    GENERIC = "generic"
+
+
+class Target(StrEnum):
+    ORT_CPU = "ort-cpu"
+    GPU = "gpu"
+    TENSORRT = "tensorrt"
