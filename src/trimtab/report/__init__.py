@@ -1,1 +1,6 @@
-"""report stage."""
+"""report: summary.json (the contract) and report.html, rendered from saved results only."""
+
+from trimtab.report.html import render_report, write_report
+from trimtab.report.summary import CandidateSummary, Summary
+
+__all__ = ["CandidateSummary", "Summary", "render_report", "write_report"]

@@ -1,0 +1,255 @@
+"""The fp16 candidate: float tensors and initialisers in half precision, graph I/O in fp32.
+
+Which nodes stay fp32 (the rule, in the order it is applied; the first that fires is recorded in
+`notes["kept_fp32"]` as the reason):
+
+1. the plan says so (`plan.precision_for(name, op_type)` is not fp16; without a plan every node
+   is a candidate);
+2. the node has no fp32 input or output (integer/bool/shape arithmetic): nothing to convert;
+3. the op is risky in fp16 (`RISKY_OPS`): reductions and cumulative sums (sums of many values
+   overflow 65504 or lose the low digits), Exp/Pow/Log/Reciprocal and Softmax/LogSoftmax (the
+   dynamic range of an exponential), normalisations (variance = mean of squares), Range,
+   Resize/Upsample (their `scales`/`roi` inputs are fp32-only), ops that create tensors from
+   attributes (ConstantOfShape, Random*, EyeLike) and control flow (If/Loop/Scan);
+4. an fp32 initialiser input would not survive the cast: a finite value beyond fp16's range
+   (|v| > 65504, e.g. -3.4e38 attention masks) or a small constant (<= 16 values, e.g. an
+   epsilon) or more than 1% of a tensor's non-zeros flushed to zero (|v| < 2^-24).
+
+Cast, Shape and Size read any type, so they take whichever precision their input has. Every
+other node reads its float inputs in its own precision; a Cast is inserted where the producer's
+precision differs (one per tensor and direction, shared by all consumers). Graph inputs and
+outputs keep their fp32 type and names: an fp16 producer of a graph output writes a twin tensor
+that a Cast turns back into the named fp32 output.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from trimtab.build._graph import GraphIndex, NameAllocator, copy_model, replace_nodes
+from trimtab.build.artifact import Artifact
+from trimtab.build.plan import PrecisionPlan
+from trimtab.options import Precision
+
+logger = logging.getLogger(__name__)
+
+FP16_MAX = 65504.0
+FP16_TINY = 2.0**-24  # smallest positive subnormal; smaller magnitudes flush to zero
+
+RISKY_OPS: dict[str, str] = {
+    **{op: "reduction: sums of many values overflow or lose precision in fp16" for op in (
+        "ReduceSum", "ReduceSumSquare", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2",
+        "ReduceLogSum", "ReduceLogSumExp", "CumSum")},
+    **{op: "exponential/power: output range exceeds fp16" for op in (
+        "Exp", "Pow", "Log", "Reciprocal", "Softmax", "LogSoftmax", "Softplus")},
+    **{op: "normalisation: variance of large activations overflows fp16" for op in (
+        "LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization",
+        "LpNormalization", "MeanVarianceNormalization", "SimplifiedLayerNormalization")},
+    "Range": "shape arithmetic: Range must stay exact",
+    "Resize": "Resize scales/roi inputs are fp32-only",
+    "Upsample": "Upsample scales input is fp32-only",
+    **{op: "creates tensors from attributes typed fp32" for op in (
+        "ConstantOfShape", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+        "EyeLike", "Constant")},
+    **{op: "control flow: subgraphs are not converted" for op in ("If", "Loop", "Scan")},
+}
+TYPE_NEUTRAL_OPS = frozenset({"Cast", "Shape", "Size"})  # read any dtype, output type fixed
+
+
+def build_fp16(model, plan: PrecisionPlan | None = None) -> Artifact:
+    """Convert `model` (a prepared `trimtab.load.model.Model`) to fp16 following the module's
+    rule. `plan` can keep more nodes in fp32 (anything it does not map to fp16)."""
+    plan = plan or PrecisionPlan.uniform(Precision.FP16)
+    proto = copy_model(model.proto)
+    index = GraphIndex(proto.graph)
+    decisions = {id(node): _decide(node, index, plan) for node in proto.graph.node}
+    kept = {_label(node): reason for node in proto.graph.node if (reason := decisions[id(node)])}
+    rewriter = _Fp16Rewriter(proto.graph, index)
+    new_nodes = []
+    for node in proto.graph.node:
+        if node.op_type in TYPE_NEUTRAL_OPS:
+            new_nodes.extend(rewriter.neutral(node))
+        elif decisions[id(node)] is None:
+            new_nodes.extend(rewriter.to_fp16(node))
+        else:
+            new_nodes.extend(rewriter.keep_fp32(node))
+    new_nodes.extend(rewriter.restore_outputs())
+    replace_nodes(proto.graph, new_nodes)
+    rewriter.finish()
+    converted = sum(1 for node in proto.graph.node if node.op_type != "Cast") - len(kept)
+    logger.info("fp16: %d nodes converted, %d kept fp32, %d casts", converted, len(kept), rewriter.casts)
+    return Artifact(
+        name="fp16",
+        precision=Precision.FP16.value,
+        proto=proto,
+        tensor_map=rewriter.tensor_map(),
+        notes={"kept_fp32": kept, "casts_inserted": rewriter.casts},
+    )
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return node.name or f"{node.op_type}({node.output[0]})"
+
+
+def _decide(node: onnx.NodeProto, index: GraphIndex, plan: PrecisionPlan) -> str | None:
+    """None to convert the node, else the reason it stays fp32."""
+    if node.op_type in TYPE_NEUTRAL_OPS:
+        return None
+    if plan.precision_for(node.name, node.op_type) is not Precision.FP16:
+        return "plan"
+    tensors = [name for name in list(node.input) + list(node.output) if name]
+    if not any(index.is_float(name) for name in tensors):
+        return "no fp32 tensors"
+    if node.op_type in RISKY_OPS:
+        return RISKY_OPS[node.op_type]
+    for name in node.input:
+        if index.is_constant(name) and index.is_float(name):
+            problem = _fp16_problem(index.array(name))
+            if problem:
+                return f"initialiser {name!r} {problem}"
+    if node.domain not in ("", "ai.onnx"):
+        return f"custom domain {node.domain!r}"
+    return None
+
+
+def _fp16_problem(values: np.ndarray) -> str | None:
+    finite = values[np.isfinite(values)]
+    if finite.size and np.abs(finite).max() > FP16_MAX:
+        return f"holds {np.abs(finite).max():.3g}, beyond fp16's {FP16_MAX:g}"
+    nonzero = np.abs(finite[finite != 0])
+    flushed = int((nonzero < FP16_TINY).sum())
+    if flushed and (values.size <= 16 or flushed > 0.01 * nonzero.size):
+        return f"has {flushed} non-zero values that flush to zero in fp16"
+    return None
+
+
+class _Fp16Rewriter:
+    """Tracks, for every float tensor, the name of its fp16 and fp32 versions and makes Casts on
+    demand, so each node reads its inputs in its own precision."""
+
+    def __init__(self, graph: onnx.GraphProto, index: GraphIndex) -> None:
+        self.graph = graph
+        self.index = index
+        self.names = NameAllocator(graph)
+        self.as32: dict[str, str] = {name: name for name in index.graph_inputs}
+        self.as32.update({name: name for name in index.initialisers})
+        self.as16: dict[str, str] = {}
+        self.fp16_tensors: set[str] = set()  # tensors (old or new) whose type is now fp16
+        self.pending_outputs: list[tuple[str, str]] = []  # (fp16 twin, graph output)
+        self.casts = 0
+
+    def neutral(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        source = node.input[0]
+        if source not in self.as32 and source in self.as16:
+            node.input[0] = self.as16[source]
+        self._record_outputs(node, fp16=False)
+        return [node]
+
+    def keep_fp32(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        casts = [cast for i, name in enumerate(node.input) if (cast := self._read(node, i, name, fp16=False))]
+        self._record_outputs(node, fp16=False)
+        return casts + [node]
+
+    def to_fp16(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        casts = [cast for i, name in enumerate(node.input) if (cast := self._read(node, i, name, fp16=True))]
+        for i, name in enumerate(node.output):
+            if name in self.index.graph_outputs and self.index.is_float(name):
+                twin = self.names.new(f"{name}_fp16")
+                node.output[i] = twin
+                self.pending_outputs.append((twin, name))
+        self._record_outputs(node, fp16=True)
+        return casts + [node]
+
+    def _read(self, node, position: int, name: str, *, fp16: bool) -> onnx.NodeProto | None:
+        """Point input `position` at the version of `name` in the wanted precision; return a
+        new Cast node when one is needed first."""
+        if not name or not self.index.is_float(name):
+            return None
+        have, other = (self.as16, self.as32) if fp16 else (self.as32, self.as16)
+        if name in have:
+            node.input[position] = have[name]
+            return None
+        if fp16 and self.index.is_constant(name):
+            node.input[position] = self._fp16_initialiser(name)
+            return None
+        target = self.names.new(f"{name}_fp16" if fp16 else f"{name}_fp32")
+        cast = helper.make_node(
+            "Cast", [other[name]], [target], name=self.names.new(f"cast_{target}"),
+            to=TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT,
+        )
+        have[name] = target
+        if fp16:
+            self.fp16_tensors.add(target)
+        node.input[position] = target
+        self.casts += 1
+        return cast
+
+    def _fp16_initialiser(self, name: str) -> str:
+        values = self.index.array(name).astype(np.float16)
+        new_name = self.names.new(f"{name}_fp16")
+        self.graph.initializer.append(numpy_helper.from_array(values, new_name))
+        self.as16[name] = new_name
+        return new_name
+
+    def _record_outputs(self, node: onnx.NodeProto, *, fp16: bool) -> None:
+        for new_name in node.output:
+            if not new_name:
+                continue
+            original = next((old for twin, old in self.pending_outputs if twin == new_name), new_name)
+            if fp16 and self.index.is_float(original):
+                self.as16[original] = new_name
+                self.fp16_tensors.add(new_name)
+            else:
+                self.as32[original] = new_name
+
+    def restore_outputs(self) -> list[onnx.NodeProto]:
+        """Casts that turn fp16 twins back into the graph's named fp32 outputs."""
+        casts = []
+        for twin, output in self.pending_outputs:
+            casts.append(helper.make_node("Cast", [twin], [output], name=self.names.new(f"cast_{output}"),
+                                          to=TensorProto.FLOAT))
+            self.as32[output] = output
+            self.casts += 1
+        return casts
+
+    def finish(self) -> None:
+        """Drop initialisers nobody reads any more and retype value_info to match."""
+        used = {name for node in self.graph.node for name in node.input}
+        keep = [init for init in self.graph.initializer if init.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(keep)
+        infos = {value.name: value for value in self.graph.value_info}
+        for value in list(self.graph.value_info):
+            if value.name in self.fp16_tensors:
+                value.type.tensor_type.elem_type = TensorProto.FLOAT16
+        for original, twin in self.as16.items():
+            if twin != original and original in infos and twin not in self.index.initialisers:
+                copy = self.graph.value_info.add()
+                copy.CopyFrom(infos[original])
+                copy.name = twin
+                copy.type.tensor_type.elem_type = TensorProto.FLOAT16
+        for original, twin in self.as32.items():
+            if twin != original and original in infos:
+                copy = self.graph.value_info.add()
+                copy.CopyFrom(infos[original])
+                copy.name = twin
+                copy.type.tensor_type.elem_type = TensorProto.FLOAT
+
+    def tensor_map(self) -> dict[str, str]:
+        """Each original float tensor -> the tensor carrying its value: the fp32 version where
+        one exists under its own name (graph I/O, fp32 nodes), else its fp16 tensor."""
+        mapping = {}
+        for name in self.index.elem_types:
+            if not self.index.is_float(name) or name in self.index.initialisers:
+                continue
+            if self.as32.get(name) == name:
+                mapping[name] = name
+            elif name in self.as16:
+                mapping[name] = self.as16[name]
+            elif name in self.as32:
+                mapping[name] = self.as32[name]
+        return mapping

@@ -1,0 +1,83 @@
+"""Quantisation arithmetic in numpy: the reference the Q/DQ builders and tests share.
+
+    quantize(x)   = saturate(round_half_even(x / scale) + zero_point)
+    dequantize(q) = (q - zero_point) * scale
+
+Activations: uint8 asymmetric over [lo, hi] (lo <= 0 <= hi so that 0 is exact),
+scale = (hi - lo) / 255, zero_point = round(-lo / scale); or int8 symmetric, scale = amax / 127,
+zero_point = 0. Weights: int8 symmetric per output channel, scale_c = max|w_c| / 127, values in
+[-127, 127] (the symmetric range TensorRT requires and ORT's U8S8 kernels expect). Bias: int32,
+scale = s_input * s_weight_c, zero point 0, as QLinearConv/QGemm define it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_MIN_SCALE = 1e-12  # a constant-zero tensor still needs a positive scale
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor activation quantisation: scale, zero point and the integer type."""
+
+    scale: float
+    zero_point: int
+    dtype: type  # np.uint8 or np.int8
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be positive and finite, got {self.scale}")
+        info = np.iinfo(self.dtype)
+        if not info.min <= self.zero_point <= info.max:
+            raise ValueError(f"zero point {self.zero_point} outside {self.dtype.__name__}")
+
+
+def asymmetric_uint8(lo: float, hi: float) -> QParams:
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = max((hi - lo) / 255.0, _MIN_SCALE)
+    zero_point = int(np.clip(np.round(-lo / scale), 0, 255))
+    return QParams(scale, zero_point, np.uint8)
+
+
+def symmetric_int8(amax: float) -> QParams:
+    return QParams(max(float(amax) / 127.0, _MIN_SCALE), 0, np.int8)
+
+
+def quantize_weight_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 symmetric per-channel along `axis`: returns (int8 values, float32 scales)."""
+    moved = np.moveaxis(weight.astype(np.float32), axis, 0)
+    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    scales = np.maximum(amax / 127.0, _MIN_SCALE).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    values = np.clip(np.round(weight / scales.reshape(shape)), -127, 127).astype(np.int8)
+    return values, scales
+
+
+def quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 bias with scale input_scale * weight_scale per channel: returns (values, scales)."""
+    scales = (np.float32(input_scale) * weight_scales.astype(np.float32)).astype(np.float32)
+    scales = np.maximum(scales, np.float32(_MIN_SCALE))
+    info = np.iinfo(np.int32)
+    values = np.clip(np.round(bias.astype(np.float64) / scales), info.min, info.max).astype(np.int32)
+    return values, scales
+
+
+def fake_quantize(x: np.ndarray, params: QParams) -> np.ndarray:
+    """Quantise then dequantise, as a Q -> DQ pair computes it."""
+    info = np.iinfo(params.dtype)
+    q = np.clip(np.round(x / params.scale) + params.zero_point, info.min, info.max)
+    return ((q - params.zero_point) * params.scale).astype(np.float32)
+
+
+def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
+    """Signal-to-quantisation-noise ratio, 10 log10(sum(ref^2) / sum((ref - approx)^2)) in dB."""
+    reference = reference.astype(np.float64)
+    noise = np.sum((reference - approximation.astype(np.float64)) ** 2)
+    signal = np.sum(reference**2)
+    if noise == 0:
+        return float("inf")
+    return float(10 * np.log10(max(signal, 1e-300) / noise))

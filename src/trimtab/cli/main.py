@@ -1,0 +1,391 @@
+"""The `trimtab` command: a thin translator from flags to the Python API.
+
+stdout carries data (tables, paths); logs, progress bars and errors go to stderr. A
+`TrimtabError` becomes one message plus a hint and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from trimtab.errors import TrimtabError
+from trimtab.options import CalibrationMethod, Int8Flavour, Precision, Target, Task
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Choose the fastest precision (fp32, fp16, int8) whose accuracy is still acceptable.",
+)
+
+DEMO_MODEL = "example:effnet-lite0"
+
+
+def main() -> None:
+    """Entry point: run the app, turning trimtab errors into one clear message and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except TrimtabError as error:
+        _print_error(error.message, error.hint)
+        sys.exit(2)
+    except ValueError as error:  # config validation (__post_init__)
+        _print_error(str(error), "check the option values; `trimtab COMMAND --help` lists them")
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        _print_error("interrupted", None)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as error:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        if isinstance(error, click.exceptions.Exit):
+            sys.exit(error.exit_code)
+        raise
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("trimtab")
+    root.handlers = [h for h in root.handlers if not isinstance(h, logging.StreamHandler)]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    handler.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared option helpers
+
+VerboseOpt = typer.Option(0, "--verbose", "-v", count=True, help="Log more to stderr (-v info, -vv debug).")
+ProgressOpt = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal).")
+
+
+def _open_data(path: Optional[Path], model_source: str, preset: Optional[str], role: str):
+    """A Dataset for a CLI path, with the example's preprocessing when tuning an example."""
+    if path is None:
+        return None
+    from trimtab.data import open_dataset, transform_from_options
+
+    transform = transform_from_options(preset=preset) if preset else _example_transform(model_source)
+    return open_dataset(path, transform, name=role)
+
+
+def _example_transform(model_source: str):
+    if not model_source.startswith("example:"):
+        return None
+    from trimtab.examples import get_example
+
+    example = get_example(model_source.split(":", 1)[1])
+    return example.transform() if hasattr(example, "transform") else None
+
+
+class _Bars:
+    """Maps the library's progress callback (stage, done, total) onto rich progress bars."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.progress = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description:<24}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total or None)
+        self.progress.update(self.tasks[stage], completed=done, total=total or None)
+
+    @property
+    def callback(self):
+        return self if self.enabled else None
+
+
+# ---------------------------------------------------------------------------------------------
+# tune and demo
+
+
+def _run_tune(model: str, calib, val, *, out: Path, budget: float, task, metric, target, methods,
+              batch_size: int, threads, bench_seconds: float, preset, progress, verbose: int) -> None:
+    from trimtab.tune import TuneConfig, tune
+
+    _setup_logging(verbose)
+    config = TuneConfig(
+        task=task,
+        metric=metric,
+        budget=budget,
+        target=target,
+        methods=tuple(methods) if methods else tuple(CalibrationMethod),
+        batch_size=batch_size,
+        threads=threads,
+        bench_seconds=bench_seconds,
+    )
+    calib_data = _open_data(calib, model, preset, "calibration")
+    val_data = _open_data(val, model, preset, "validation")
+    command = "trimtab " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    with _Bars(progress) as bars:
+        summary = tune(model, calib_data, val_data, config, out=out, progress=bars.callback, command=command)
+    _print_summary(summary, out)
+
+
+def _print_summary(summary, out: Path) -> None:
+    typer.echo(f"{'candidate':<18} {summary.metric:>10} {'drop':>7} {'95% CI':>17} {'img/s':>9} {'vs fp32':>8} {'MB':>6}  ok")
+    for c in summary.candidates:
+        ratio = f"{c.speedup_vs_fp32:.2f}x" if c.speedup_vs_fp32 else "-"
+        ci = f"[{c.metric_ci95[0]:+.2f},{c.metric_ci95[1]:+.2f}]"
+        mark = "*" if c.name == summary.chosen else ("y" if c.within_budget else "n")
+        typer.echo(
+            f"{c.name:<18} {c.metric_value:>10.4f} {c.metric_drop:>+7.2f} {ci:>17} {c.throughput_per_s:>9.1f} "
+            f"{ratio:>8} {c.model_bytes / 1e6:>6.1f}  {mark}"
+        )
+    typer.echo(f"chosen: {summary.chosen}: {summary.reason}")
+    typer.echo(f"run folder: {out}")
+
+
+@app.command()
+def tune(
+    model: str = typer.Argument(..., help="An .onnx file or example:NAME (see `trimtab examples`)."),
+    calib: Optional[Path] = typer.Option(None, help="Calibration data: image folder, .npz or text file."),
+    val: Optional[Path] = typer.Option(None, help="Validation data (labelled when possible)."),
+    task: Optional[Task] = typer.Option(None, help="classify, embed or generic (default: the example's, else classify)."),
+    metric: Optional[str] = typer.Option(None, help="top1, agreement or cosine (default: by task and labels)."),
+    budget: float = typer.Option(1.0, help="Accepted metric drop in points (absolute)."),
+    target: Target = typer.Option(Target.ORT_CPU, help="Where the model will run."),
+    method: Optional[list[CalibrationMethod]] = typer.Option(None, "--method", help="Calibration method(s); default all."),
+    batch_size: int = typer.Option(8, help="Benchmark batch size."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: all cores)."),
+    bench_seconds: float = typer.Option(20.0, help="Total interleaved timing time."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing preset for image data (e.g. imagenet)."),
+    out: Path = typer.Option(Path("trimtab-run"), help="Run folder."),
+    progress: Optional[bool] = ProgressOpt,
+    verbose: int = VerboseOpt,
+) -> None:
+    """Calibrate, build every candidate, measure accuracy and speed, choose, and write the run folder."""
+    _run_tune(model, calib, val, out=out, budget=budget, task=task, metric=metric, target=target, methods=method,
+              batch_size=batch_size, threads=threads, bench_seconds=bench_seconds, preset=preset,
+              progress=progress, verbose=verbose)
+
+
+@app.command()
+def demo(
+    budget: float = typer.Option(1.0, help="Accepted metric drop in points (absolute)."),
+    method: Optional[list[CalibrationMethod]] = typer.Option(None, "--method", help="Calibration method(s); default all."),
+    batch_size: int = typer.Option(8, help="Benchmark batch size."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: all cores)."),
+    bench_seconds: float = typer.Option(20.0, help="Total interleaved timing time."),
+    out: Path = typer.Option(Path("trimtab-demo"), help="Run folder."),
+    progress: Optional[bool] = ProgressOpt,
+    verbose: int = VerboseOpt,
+) -> None:
+    """`trimtab tune example:effnet-lite0` end to end on ONNX Runtime CPU."""
+    _run_tune(DEMO_MODEL, None, None, out=out, budget=budget, task=None, metric=None, target=Target.ORT_CPU,
+              methods=method, batch_size=batch_size, threads=threads, bench_seconds=bench_seconds, preset=None,
+              progress=progress, verbose=verbose)
+
+
+@app.command()
+def examples() -> None:
+    """List the bundled examples (use them as MODEL = example:NAME)."""
+    from trimtab.examples import list_examples
+
+    for example in list_examples():
+        typer.echo(f"{example.name:<14} {example.task:<9} {example.metric:<10} {example.description}")
+
+
+# ---------------------------------------------------------------------------------------------
+# each stage on its own
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: str = typer.Argument(..., help="An .onnx file or example:NAME."),
+    calib: Optional[Path] = typer.Option(None, help="Calibration data (default: the example's)."),
+    method: Optional[list[CalibrationMethod]] = typer.Option(None, "--method", help="Method(s); default all."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing preset for image data."),
+    out: Path = typer.Option(Path("trimtab-calibration"), help="Folder for ranges-METHOD.json and trt.cache."),
+    progress: Optional[bool] = ProgressOpt,
+    verbose: int = VerboseOpt,
+) -> None:
+    """Compute activation ranges (histograms cached) and write them, plus a TensorRT-format cache."""
+    from trimtab.load import load_model
+    from trimtab.tune import RunFolder, TuneConfig, _calibrate_all, _resolve_setup
+
+    _setup_logging(verbose)
+    config = TuneConfig(methods=tuple(method) if method else tuple(CalibrationMethod))
+    data = _open_data(calib, model, preset, "calibration")
+    setup = _resolve_setup(model, data, data if data is not None else None, config) if data is not None else \
+        _resolve_setup(model, None, None, config)
+    loaded = load_model(model)
+    folder = RunFolder(out)
+    with _Bars(progress) as bars:
+        results = _calibrate_all(loaded, setup["calib"], config, folder, bars.callback)
+    for name in sorted(results):
+        typer.echo(str(folder.calibration / f"ranges-{name.value}.json"))
+    typer.echo(str(folder.calibration / "trt.cache"))
+
+
+@app.command("build")
+def build_cmd(
+    model: str = typer.Argument(..., help="An .onnx file or example:NAME."),
+    precision: Precision = typer.Option(..., help="fp32, fp16 or int8."),
+    out: Path = typer.Option(..., help="Output .onnx file."),
+    ranges: Optional[Path] = typer.Option(None, help="int8: ranges-METHOD.json from `trimtab calibrate`."),
+    trt_cache: Optional[Path] = typer.Option(None, help="int8: a TensorRT calibration cache to use as ranges."),
+    flavour: Int8Flavour = typer.Option(Int8Flavour.ORT_CPU, help="int8 Q/DQ placement: ort-cpu or tensorrt."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Build one typed ONNX artifact."""
+    from trimtab.build import build_fp16, build_fp32, build_int8
+    from trimtab.load import load_model
+
+    _setup_logging(verbose)
+    loaded = load_model(model)
+    if precision == Precision.FP32:
+        artifact = build_fp32(loaded)
+    elif precision == Precision.FP16:
+        artifact = build_fp16(loaded)
+    else:
+        artifact = build_int8(loaded, _read_ranges(ranges, trt_cache), flavour)
+    typer.echo(str(artifact.save(out)))
+
+
+def _read_ranges(ranges: Optional[Path], trt_cache: Optional[Path]):
+    import json
+
+    from trimtab.calibrate import read_trt_cache
+    from trimtab.calibrate.ranges import TensorRange
+    from trimtab.errors import CalibrationError
+
+    if trt_cache is not None:
+        return read_trt_cache(trt_cache)
+    if ranges is None:
+        raise CalibrationError(
+            "an int8 build needs activation ranges",
+            hint="run `trimtab calibrate MODEL --calib DATA` and pass --ranges OUT/calibration/ranges-entropy.json",
+        )
+    try:
+        data = json.loads(Path(ranges).read_text(encoding="utf-8"))
+        return {name: TensorRange(**values) for name, values in data.items()}
+    except (OSError, ValueError, TypeError) as exc:
+        raise CalibrationError(
+            f"cannot read ranges from '{ranges}': {exc}",
+            hint="pass a ranges-METHOD.json written by `trimtab calibrate`",
+        ) from exc
+
+
+@app.command("eval")
+def eval_cmd(
+    reference: str = typer.Argument(..., help="The fp32 model (.onnx or example:NAME)."),
+    candidates: list[Path] = typer.Argument(..., help="Candidate .onnx artifacts."),
+    val: Optional[Path] = typer.Option(None, help="Validation data (default: the example's)."),
+    task: Optional[Task] = typer.Option(None, help="classify, embed or generic."),
+    metric: Optional[str] = typer.Option(None, help="top1, agreement or cosine."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing preset for image data."),
+    batch_size: int = typer.Option(16, help="Evaluation batch size."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Evaluate candidates against the fp32 reference (metric, drop and its 95% interval)."""
+    from trimtab.backends import get_backend
+    from trimtab.load import load_model
+    from trimtab.measure import collect_outputs, evaluate
+    from trimtab.tune import TuneConfig, _resolve_setup
+
+    _setup_logging(verbose)
+    data = _open_data(val, reference, preset, "validation")
+    setup = _resolve_setup(reference, data if data is not None else None, data, TuneConfig(task=task, metric=metric))
+    ref_model = load_model(reference)
+    with get_backend("ort-cpu", ref_model.proto, threads=threads) as backend:
+        ref = collect_outputs(backend, setup["val"], batch_size=batch_size)
+    typer.echo(f"{'candidate':<40} {setup['metric']:>10} {'drop':>7} {'95% CI':>17}")
+    for path in candidates:
+        with get_backend("ort-cpu", str(path), threads=threads) as backend:
+            out = collect_outputs(backend, setup["val"], batch_size=batch_size)
+        result = evaluate(setup["task"], setup["metric"], out, ref, labels=ref.labels,
+                          extra_metrics=setup["extra_metrics"])
+        ci = f"[{result.ci95[0]:+.2f},{result.ci95[1]:+.2f}]"
+        typer.echo(f"{str(path):<40} {result.value:>10.4f} {result.drop_points:>+7.2f} {ci:>17}")
+
+
+@app.command("bench")
+def bench_cmd(
+    artifacts: list[Path] = typer.Argument(..., help=".onnx artifacts; the first is the baseline."),
+    batch_size: int = typer.Option(8, help="Batch size."),
+    seconds: float = typer.Option(20.0, help="Total interleaved timing time."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Time artifacts interleaved (round-robin, rotating order) on random inputs of their shape."""
+    from trimtab.backends import get_backend
+    from trimtab.load import load_model
+    from trimtab.measure import bench_interleaved
+
+    _setup_logging(verbose)
+    feeds = _random_feeds(load_model(artifacts[0]), batch_size)
+    names = [f"{i}:{p.stem}" for i, p in enumerate(artifacts)]
+    backends = {n: get_backend("ort-cpu", str(p), threads=threads).prepare() for n, p in zip(names, artifacts)}
+    try:
+        results = bench_interleaved(backends, feeds, baseline=names[0], min_seconds=seconds)
+    finally:
+        for backend in backends.values():
+            backend.close()
+    typer.echo(f"{'artifact':<32} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs base':>8}")
+    for name in names:
+        r = results[name]
+        typer.echo(f"{name:<32} {r.throughput_per_s:>9.1f} {r.latency_ms['p50']:>8.2f} {r.latency_ms['p99']:>8.2f} "
+                   f"{r.ratio_to_baseline:>7.2f}x")
+
+
+def _random_feeds(model, batch_size: int) -> dict:
+    """Random inputs from the declared shapes (symbolic dims: batch, then 128 for sequence axes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    dtypes = model.input_dtypes()
+    for name, dims in model.input_shapes().items():
+        shape = [batch_size if i == 0 else (d if isinstance(d, int) and d > 0 else 128) for i, d in enumerate(dims)]
+        dtype = np.dtype(dtypes[name])
+        if dtype.kind in "iu":
+            feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+if __name__ == "__main__":
+    main()

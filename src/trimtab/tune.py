@@ -1,0 +1,431 @@
+"""tune: the whole pipeline, from a model and two data sets to a decided precision and a run folder.
+
+    load -> data -> calibrate -> build -> run -> measure -> decide -> report
+
+Each stage writes its outputs into the run folder atomically as soon as they exist, so a
+crash loses at most the stage in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from trimtab.options import CalibrationMethod, Int8Flavour, Target, Task
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage description, done, total)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Options of `tune`; the CLI flags of the same names map onto these fields."""
+
+    task: Task | None = None  # None: the example's task, else classify
+    metric: str | None = None  # None: the task's default (top1 with labels, agreement without, cosine)
+    budget: float = 1.0  # accepted metric drop, in points (100 x fraction), absolute
+    target: Target = Target.ORT_CPU
+    methods: tuple[CalibrationMethod, ...] = tuple(CalibrationMethod)
+    include_fp16: bool = True
+    batch_size: int = 8  # benchmark batch
+    eval_batch_size: int = 16
+    threads: int | None = None  # ONNX Runtime intra-op threads (None = all cores)
+    bench_seconds: float = 20.0  # total interleaved timing budget across candidates
+    calib_limit: int | None = None
+    val_limit: int | None = None
+    measure_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.budget >= 0:
+            raise ValueError(f"budget must be >= 0 points, got {self.budget}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if not self.methods:
+            raise ValueError("at least one calibration method is needed")
+        object.__setattr__(self, "target", Target(self.target))
+        object.__setattr__(self, "methods", tuple(CalibrationMethod(m) for m in self.methods))
+        if self.task is not None:
+            object.__setattr__(self, "task", Task(self.task))
+
+    @property
+    def flavour(self) -> Int8Flavour:
+        return Int8Flavour.ORT_CPU if self.target == Target.ORT_CPU else Int8Flavour.TENSORRT
+
+
+@dataclass
+class RunFolder:
+    """The layout of DESIGN.md's run folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        for sub in ("models", "calibration"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+
+@dataclass
+class Measured:
+    """One candidate after build + evaluate (+ bench)."""
+
+    artifact: Any  # trimtab.build.Artifact
+    path: Path
+    evaluation: Any = None  # trimtab.measure.EvalResult
+    bench: Any = None  # trimtab.measure.BenchResult
+    peak_mem_bytes: int | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def device_description() -> str:
+    """A short CPU description for summaries, from /proc/cpuinfo where present."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class StageTimer:
+    """Records how long each stage took, for summary.json."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                log.info("stage %s ...", name)
+
+            def __exit__(self, *exc):
+                timer.seconds[name] = round(time.perf_counter() - self.start, 3)
+                log.info("stage %s done in %.1f s", name, timer.seconds[name])
+
+        return _Span()
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def tune(
+    model_source: Any,
+    calib: Any = None,
+    val: Any = None,
+    config: TuneConfig | None = None,
+    *,
+    out: str | Path = "trimtab-run",
+    progress: Progress | None = None,
+    command: str = "",
+):
+    """Run the whole pipeline and write the run folder; return the `Summary`.
+
+    `model_source`: path / ModelProto / torch module / `example:NAME`. `calib` and `val` are
+    `Dataset`s (or None for an example, whose own data is used).
+    """
+    from trimtab.load import load_model
+
+    config = config or TuneConfig()
+    folder = RunFolder(Path(out))
+    handler = _attach_log(folder.log)
+    timer = StageTimer()
+    try:
+        with timer("load"):
+            model = load_model(model_source)
+            setup = _resolve_setup(model_source, calib, val, config)
+        with timer("calibrate"):
+            calibrations = _calibrate_all(model, setup["calib"], config, folder, progress)
+        with timer("build"):
+            candidates = _build_all(model, calibrations, config, folder)
+        with timer("evaluate"):
+            _evaluate_all(candidates, setup, config, progress)
+        with timer("bench"):
+            _bench_all(candidates, setup["val"], config, progress)
+        summary = _summarise(model, candidates, setup, config, folder, timer, command)
+        _write_outputs(summary, candidates, folder)
+        return summary
+    finally:
+        logging.getLogger("trimtab").removeHandler(handler)
+        handler.close()
+
+
+def _attach_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger("trimtab")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def _resolve_setup(model_source: Any, calib: Any, val: Any, config: TuneConfig) -> dict:
+    """Data, task and metric: an example brings its own; explicit arguments win."""
+    from trimtab.errors import InvalidDataError
+
+    example = None
+    if isinstance(model_source, str) and model_source.startswith("example:"):
+        from trimtab.examples import get_example
+
+        example = get_example(model_source.split(":", 1)[1])
+    calib = calib if calib is not None else (example.calibration_data() if example else None)
+    val = val if val is not None else (example.validation_data() if example else None)
+    if calib is None or val is None:
+        missing = "--calib" if calib is None else "--val"
+        raise InvalidDataError(
+            f"tuning needs calibration and validation data; {missing} was not given",
+            hint="pass --calib DIR (unlabelled samples) and --val DIR (labelled if possible)",
+        )
+    if config.calib_limit:
+        calib = calib.take(config.calib_limit)
+    if config.val_limit:
+        val = val.take(config.val_limit)
+    task = config.task or (Task(example.task) if example else Task.CLASSIFY)
+    metric = config.metric or (example.metric if example and not config.task else _default_metric(task, val))
+    extra = example.extra_metrics() if example and hasattr(example, "extra_metrics") else {}
+    return {"calib": calib, "val": val, "task": task, "metric": metric, "extra_metrics": extra or {}}
+
+
+def _default_metric(task: Task, val) -> str:
+    if task == Task.CLASSIFY:
+        return "top1" if getattr(val, "labelled", False) else "agreement"
+    return "cosine"
+
+
+def _calibrate_all(model, calib, config: TuneConfig, folder: RunFolder, progress: Progress | None) -> dict:
+    """One histogram pass over the calibration data (cached), then every method's ranges from it."""
+    from trimtab._io import atomic_write_json
+    from trimtab._paths import cache_root
+    from trimtab.calibrate import calibrate, write_trt_cache
+
+    results = {}
+    for method in config.methods:
+        report = (lambda done, total: progress("calibrate", done, total)) if progress else None
+        results[method] = calibrate(
+            model, calib, method, cache_dir=cache_root() / "calibration", batch_size=config.batch_size, progress=report
+        )
+        ranges = {name: {"amax": r.amax, "min": r.min, "max": r.max} for name, r in results[method].ranges.items()}
+        atomic_write_json(folder.calibration / f"ranges-{method.value}.json", ranges)
+    # TensorRT's own default calibrator is entropy (EntropyCalibration2): export that one.
+    trt_method = CalibrationMethod.ENTROPY if CalibrationMethod.ENTROPY in results else config.methods[0]
+    write_trt_cache(results[trt_method].ranges, folder.calibration / "trt.cache")
+    return results
+
+
+def _build_all(model, calibrations: dict, config: TuneConfig, folder: RunFolder) -> list[Measured]:
+    from trimtab.build import build_fp16, build_fp32, build_int8
+
+    artifacts = [build_fp32(model)]
+    if config.include_fp16:
+        artifacts.append(build_fp16(model))
+    for method, calibration in calibrations.items():
+        artifacts.append(
+            build_int8(
+                model,
+                calibration.ranges,
+                config.flavour,
+                method_name=method.value,
+                skip_tensors=set(getattr(calibration, "sentinel_tensors", ()) or ()),
+            )
+        )
+    measured = []
+    for artifact in artifacts:
+        path = artifact.save(folder.models / f"{artifact.name}.onnx")
+        measured.append(Measured(artifact=artifact, path=path))
+    return measured
+
+
+def _evaluate_all(candidates: list[Measured], setup: dict, config: TuneConfig, progress: Progress | None) -> None:
+    from trimtab.backends import get_backend
+    from trimtab.measure import collect_outputs, evaluate
+
+    val = setup["val"]
+    outputs = {}
+    for candidate in candidates:
+        report = (lambda done, total, n=candidate.artifact.name: progress(f"evaluate {n}", done, total)) if progress else None
+        with get_backend(config.target, str(candidate.path), threads=config.threads) as backend:
+            outputs[candidate.artifact.name] = collect_outputs(
+                backend, val, batch_size=config.eval_batch_size, progress=report
+            )
+    reference = outputs[candidates[0].artifact.name]
+    for candidate in candidates:
+        candidate.evaluation = evaluate(
+            setup["task"],
+            setup["metric"],
+            outputs[candidate.artifact.name],
+            reference,
+            labels=reference.labels,
+            extra_metrics=setup["extra_metrics"],
+        )
+
+
+def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Progress | None) -> None:
+    """Time every candidate interleaved on one batch of real validation data."""
+    from trimtab.backends import get_backend
+    from trimtab.measure import bench_interleaved, peak_memory_bytes
+
+    feeds = _bench_feeds(val, config.batch_size)
+    backends = {c.artifact.name: get_backend(config.target, str(c.path), threads=config.threads) for c in candidates}
+    try:
+        for backend in backends.values():
+            backend.prepare()
+        report = (lambda done, total: progress("bench", done, total)) if progress else None
+        results = bench_interleaved(
+            backends, feeds, baseline=candidates[0].artifact.name, min_seconds=config.bench_seconds, progress=report
+        )
+    finally:
+        for backend in backends.values():
+            backend.close()
+    for candidate in candidates:
+        candidate.bench = results[candidate.artifact.name]
+        if config.measure_memory:
+            candidate.peak_mem_bytes = peak_memory_bytes(candidate.path, feeds, threads=config.threads)
+
+
+def _bench_feeds(val, batch_size: int) -> dict:
+    """A batch of exactly `batch_size` real samples (repeating the data if it is smaller)."""
+    import numpy as np
+
+    samples = []
+    while len(samples) < batch_size:
+        before = len(samples)
+        for sample in val:
+            samples.append(sample)
+            if len(samples) == batch_size:
+                break
+        if len(samples) == before:
+            break
+    from trimtab.data import Dataset
+
+    batch = next(Dataset(samples, name="bench").batches(batch_size))
+    return {name: np.ascontiguousarray(array) for name, array in batch.inputs.items()}
+
+
+def _summarise(model, candidates, setup, config: TuneConfig, folder: RunFolder, timer: StageTimer, command: str):
+    from trimtab import __version__
+    from trimtab.report.summary import CandidateSummary, Summary
+    from trimtab.search import CandidateScore, choose, within_budget
+
+    scores = [
+        CandidateScore(
+            name=c.artifact.name,
+            precision=c.artifact.precision,
+            drop_points=c.evaluation.drop_points,
+            throughput_per_s=c.bench.throughput_per_s,
+            ci95=tuple(c.evaluation.ci95),
+        )
+        for c in candidates
+    ]
+    chosen, reason = choose(scores, config.budget, baseline=candidates[0].artifact.name)
+    rows = [_candidate_row(c, folder, within_budget(c.evaluation.drop_points, config.budget)) for c in candidates]
+    baseline = candidates[0]
+    return Summary(
+        trimtab_version=__version__,
+        model={"path": str(model.path) if model.path else model.name, "sha256": model.sha256},
+        target={"backend": config.target.value, "device": device_description()},
+        task=setup["task"].value,
+        metric=setup["metric"],
+        budget=config.budget,
+        baseline={"name": baseline.artifact.name, "metric_value": _finite(baseline.evaluation.value)},
+        candidates=[CandidateSummary(**row) for row in rows],
+        chosen=chosen,
+        reason=reason,
+        timings_s=dict(timer.seconds),
+        command=command,
+    )
+
+
+def _candidate_row(c: Measured, folder: RunFolder, ok: bool) -> dict:
+    evaluation, bench = c.evaluation, c.bench
+    return dict(
+        name=c.artifact.name,
+        precision=c.artifact.precision,
+        metric_value=_finite(evaluation.value),
+        metric_drop=_finite(evaluation.drop_points),
+        metric_ci95=[_finite(v) for v in evaluation.ci95],
+        throughput_per_s=_finite(bench.throughput_per_s),
+        latency_ms={k: _finite(v) for k, v in bench.latency_ms.items()},
+        batch_size=bench.batch_size,
+        model_bytes=c.path.stat().st_size,
+        peak_mem_bytes=c.peak_mem_bytes,
+        artifact=str(c.path.relative_to(folder.root)),
+        within_budget=ok,
+        speedup_vs_fp32=_finite(bench.ratio_to_baseline),
+        speedup_spread=[_finite(v) for v in bench.ratio_spread] if bench.ratio_spread else None,
+        calibration=c.artifact.calibration,
+        flavour=c.artifact.flavour,
+        p_value=_finite(evaluation.p_value) if evaluation.p_value is not None else None,
+        extras={k: _finite(v) for k, v in (evaluation.extras or {}).items() if isinstance(v, (int, float))},
+    )
+
+
+def _finite(value):
+    """JSON has no NaN/Inf: map them to None (they are shown as blank in the report)."""
+    import math
+
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _write_outputs(summary, candidates: list[Measured], folder: RunFolder) -> None:
+    import shutil
+
+    from trimtab._io import atomic_write_json
+    from trimtab.report import write_report
+
+    chosen = next(c for c in candidates if c.artifact.name == summary.chosen)
+    atomic_write_json(folder.plan, _plan_of(chosen.artifact))
+    tmp = folder.models / ".chosen.onnx.tmp"
+    shutil.copyfile(chosen.path, tmp)
+    tmp.replace(folder.models / "chosen.onnx")
+    summary.save(folder.summary)
+    write_report(summary, folder.report)
+
+
+def _plan_of(artifact) -> dict:
+    """The chosen candidate as a PrecisionPlan: its precision by default, with the nodes the
+    build kept in higher precision listed as exact-name rules."""
+    from trimtab.build.plan import PrecisionPlan
+
+    plan = artifact.notes.get("plan")
+    if isinstance(plan, PrecisionPlan):
+        return plan.to_dict()
+    kept = artifact.notes.get("kept_fp32", {}) or {}
+    rules = {name: "fp32" for name in kept}
+    return PrecisionPlan(default=artifact.precision, rules=rules).to_dict()
