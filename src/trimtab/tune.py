@@ -384,8 +384,9 @@ def _candidate_row(c: Measured, folder: RunFolder, ok: bool) -> dict:
         peak_mem_bytes=c.peak_mem_bytes,
         artifact=str(c.path.relative_to(folder.root)),
         within_budget=ok,
-        speedup_vs_fp32=_finite(bench.ratio_to_baseline),
-        speedup_spread=[_finite(v) for v in bench.ratio_spread] if bench.ratio_spread else None,
+        # bench ratios are time ratios (candidate / fp32 per round); speed-ups are their inverse.
+        speedup_vs_fp32=_finite(bench.speedup),
+        speedup_spread=[_finite(1.0 / bench.ratio_p90), _finite(1.0 / bench.ratio_p10)],
         calibration=c.artifact.calibration,
         flavour=c.artifact.flavour,
         p_value=_finite(evaluation.p_value) if evaluation.p_value is not None else None,

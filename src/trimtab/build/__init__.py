@@ -1,1 +1,28 @@
-"""build stage."""
+"""build stage: one typed ONNX artifact per candidate precision.
+
+    build_fp32(model)                                   -> Artifact (the prepared model as is)
+    build_fp16(model, plan=None)                        -> Artifact (Casts, risky ops kept fp32)
+    build_int8(model, ranges, flavour, *, plan=None,
+               method_name=None, skip_tensors=...)      -> Artifact (Q/DQ placed per flavour)
+    check_tensorrt_qdq(proto)                           -> list[Finding] (TensorRT's Q/DQ rules)
+    PrecisionPlan                                       which precision each node gets, as data
+"""
+
+from trimtab.build.artifact import Artifact
+from trimtab.build.fp16 import build_fp16
+from trimtab.build.fp32 import build_fp32
+from trimtab.build.int8 import build_int8
+from trimtab.build.plan import MatchKind, PlanRule, PrecisionPlan
+from trimtab.build.trt_rules import Finding, check_tensorrt_qdq
+
+__all__ = [
+    "Artifact",
+    "Finding",
+    "MatchKind",
+    "PlanRule",
+    "PrecisionPlan",
+    "build_fp16",
+    "build_fp32",
+    "build_int8",
+    "check_tensorrt_qdq",
+]

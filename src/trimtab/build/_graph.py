@@ -107,3 +107,65 @@ def replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
     ordered = topological_nodes(graph)
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def fold_zero_pads(graph: onnx.GraphProto) -> list[str]:
+    """Merge each zero-valued constant Pad whose only consumers are Convs into their `pads`
+    attribute. Exact (the Conv pads with zeros too) and needed before Q/DQ insertion: a Q/DQ
+    pair between Pad and Conv stops ONNX Runtime's own Pad fusion and the integer Conv fusion.
+    Returns the names of the Pads removed."""
+    index = GraphIndex(graph)
+    removed = []
+    for pad in list(graph.node):
+        spatial = _spatial_zero_pads(pad, index)
+        consumers = index.consumers.get(pad.output[0], []) if pad.op_type == "Pad" else []
+        if spatial is None or not consumers or pad.output[0] in index.graph_outputs:
+            continue
+        if not all(node.op_type == "Conv" and _explicit_pads(node) for node in consumers):
+            continue
+        for conv in consumers:
+            _add_conv_pads(conv, spatial)
+            conv.input[0] = pad.input[0]
+        graph.node.remove(pad)
+        removed.append(pad.name or pad.output[0])
+        stale = [value for value in graph.value_info if value.name == pad.output[0]]
+        for value in stale:
+            graph.value_info.remove(value)
+    return removed
+
+
+def _spatial_zero_pads(pad: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
+    """[begin..., end...] over spatial axes when `pad` pads only those, with zeros, in
+    constant mode; else None."""
+    if pad.op_type != "Pad":
+        return None
+    attrs = {attr.name: onnx.helper.get_attribute_value(attr) for attr in pad.attribute}
+    if attrs.get("mode", b"constant") not in (b"constant", "constant"):
+        return None
+    if len(pad.input) < 2 or not index.is_constant(pad.input[1]):
+        return None
+    if len(pad.input) > 2 and pad.input[2]:
+        if not index.is_constant(pad.input[2]) or float(index.array(pad.input[2])) != 0.0:
+            return None
+    if len(pad.input) > 3 and pad.input[3]:
+        return None  # explicit axes: rare, not handled
+    pads = [int(v) for v in index.array(pad.input[1]).reshape(-1)]
+    rank = len(pads) // 2
+    begins, ends = pads[:rank], pads[rank:]
+    if rank < 3 or any(begins[:2]) or any(ends[:2]) or min(pads) < 0:
+        return None
+    return begins[2:] + ends[2:]
+
+
+def _explicit_pads(conv: onnx.NodeProto) -> bool:
+    attrs = {attr.name: onnx.helper.get_attribute_value(attr) for attr in conv.attribute}
+    return attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+
+
+def _add_conv_pads(conv: onnx.NodeProto, spatial: list[int]) -> None:
+    existing = next((attr for attr in conv.attribute if attr.name == "pads"), None)
+    current = list(existing.ints) if existing is not None else [0] * len(spatial)
+    merged = [a + b for a, b in zip(current, spatial)]
+    if existing is not None:
+        conv.attribute.remove(existing)
+    conv.attribute.append(onnx.helper.make_attribute("pads", merged))

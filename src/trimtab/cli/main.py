@@ -363,11 +363,11 @@ def bench_cmd(
     finally:
         for backend in backends.values():
             backend.close()
-    typer.echo(f"{'artifact':<32} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs base':>8}")
+    typer.echo(f"{'artifact':<32} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'speedup':>8}")
     for name in names:
         r = results[name]
         typer.echo(f"{name:<32} {r.throughput_per_s:>9.1f} {r.latency_ms['p50']:>8.2f} {r.latency_ms['p99']:>8.2f} "
-                   f"{r.ratio_to_baseline:>7.2f}x")
+                   f"{r.speedup:>7.2f}x")
 
 
 def _random_feeds(model, batch_size: int) -> dict:

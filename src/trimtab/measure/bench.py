@@ -176,9 +176,10 @@ def peak_memory_bytes(
     A fresh Python process imports numpy + onnxruntime and loads `feeds`, reads its resident set
     (VmRSS), then creates a CPU session from the file and runs once, and reads its high-water mark
     (VmHWM; ru_maxrss where /proc is missing). The result is the difference: weights as ORT holds
-    them, the graph-optimisation transient, arena and activations for this batch. It excludes the
-    interpreter and libraries, so candidates compare fairly; it is an RSS figure, so pages shared
-    with other processes count and untouched allocations do not.
+    them, the graph-optimisation transient, arena and activations for this batch, plus ORT's fixed
+    per-session cost (thread pool, allocators: ~10 MB on the test machine, the same for every
+    candidate). It excludes the interpreter and libraries, so candidates compare fairly; it is an
+    RSS figure, so shared pages count and reserved-but-untouched allocations do not.
     """
     artifact = Path(artifact)
     if not artifact.is_file():

@@ -175,8 +175,8 @@ def evaluate(
     _check_pair(candidate, reference)
     if labels is None:
         labels = candidate.labels if candidate.labels is not None else reference.labels
-    scorer = {Task.CLASSIFY: _evaluate_classify, Task.EMBED: _evaluate_closeness, Task.GENERIC: _evaluate_closeness}
-    result = scorer[task](metric, candidate, reference, labels)
+    scorer = _evaluate_classify if task == Task.CLASSIFY else _evaluate_closeness
+    result = scorer(metric, candidate, reference, labels)
     for extra_name, fn in (extra_metrics or {}).items():
         result.extras[extra_name] = float(fn(candidate, reference, labels))
         result.extras[f"{extra_name}_baseline"] = float(fn(reference, reference, labels))
@@ -193,6 +193,7 @@ def _evaluate_classify(metric: str, cand: Outputs, ref: Outputs, labels) -> Eval
         base_ok, cand_ok = _topk_pair(cand, ref, labels, k, metric)
         base_scores, cand_scores = base_ok.astype(np.float64), cand_ok.astype(np.float64)
         p_value = metrics.mcnemar_p(base_ok, cand_ok)
+    if labels is not None:  # accuracy is worth showing even when agreement is the budgeted metric
         extras.update(_topk_extras(cand, ref, labels))
     return _result(metric, base_scores, cand_scores, p_value, extras)
 
@@ -203,7 +204,7 @@ def _topk_pair(cand: Outputs, ref: Outputs, labels, k: int, metric: str):
             f"metric '{metric}' needs labelled data; the data has no labels",
             hint="use labelled data, or --metric agreement (top-1 agreement with fp32 needs no labels)",
         )
-    n_classes = metrics._as_rows(ref.values).shape[1]
+    n_classes = _n_classes(ref)
     if k > n_classes:
         raise ValueError(f"metric '{metric}' needs at least {k} classes; the model outputs {n_classes}")
     return metrics.topk_correct(ref.values, labels, k), metrics.topk_correct(cand.values, labels, k)
@@ -214,10 +215,14 @@ def _topk_extras(cand: Outputs, ref: Outputs, labels) -> dict[str, float]:
         "top1": metrics.topk_accuracy(cand.values, labels, 1),
         "top1_baseline": metrics.topk_accuracy(ref.values, labels, 1),
     }
-    if metrics._as_rows(ref.values).shape[1] >= 5:  # top-5 of fewer than 5 classes is always 1
+    if _n_classes(ref) >= 5:  # top-5 of fewer than 5 classes is always 1
         extras["top5"] = metrics.topk_accuracy(cand.values, labels, 5)
         extras["top5_baseline"] = metrics.topk_accuracy(ref.values, labels, 5)
     return extras
+
+
+def _n_classes(outputs: Outputs) -> int:
+    return int(np.prod(outputs.values.shape[1:], dtype=np.int64))
 
 
 def _evaluate_closeness(metric: str, cand: Outputs, ref: Outputs, labels) -> EvalResult:
@@ -274,7 +279,8 @@ def check_finite(array: np.ndarray, what: str) -> None:
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise InvalidModelError(
             f"{what}: the artifact produces non-finite outputs ({bad} of {array.size} values are NaN/Inf)",
-            hint="keep the overflowing layers in fp32 (fp16 overflows past 65504), or check the calibration ranges",
+            hint="keep the overflowing layers in fp32 (fp16 overflows past 65504) "
+            "or check the calibration ranges",
         )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_BOOTSTRAP_CHUNK = 256  # resamples drawn at once: bounds memory at chunk x n indices
+_BOOTSTRAP_INDICES = 1 << 22  # indices drawn at once (32 MB of int64), whatever the sample count
 
 
 # classification ------------------------------------------------------------------------------
@@ -122,8 +122,9 @@ def paired_bootstrap_ci(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
-    for start in range(0, resamples, _BOOTSTRAP_CHUNK):
-        stop = min(start + _BOOTSTRAP_CHUNK, resamples)
+    chunk = max(1, _BOOTSTRAP_INDICES // len(diffs))
+    for start in range(0, resamples, chunk):
+        stop = min(start + chunk, resamples)
         picks = rng.integers(0, len(diffs), size=(stop - start, len(diffs)))
         means[start:stop] = diffs[picks].mean(axis=1)
     tail = (1.0 - confidence) / 2.0

@@ -1,0 +1,432 @@
+"""The int8 candidate: QuantizeLinear/DequantizeLinear pairs placed for one target.
+
+Same calibration, two placements (DESIGN.md, "Two INT8 flavours"):
+
+`ort-cpu` (U8S8): ONNX Runtime fuses a node group `DQ(inputs) -> op -> Q(output)` into one
+integer kernel (QLinearConv, QLinearMatMul, QGemm, QLinearAdd, ...). So each quantized op gets a
+Q/DQ on every activation input *and* on its output; int8 weights and int32 biases feed it through
+DequantizeLinear. A Relu/Clip(0, x) right after a quantized op is folded into the op's output
+range: its output gets the Q/DQ (zero point 0, so the Q clamps exactly as the Relu would), and
+ORT drops the Relu/Clip before fusing. Layout ops (Reshape, Flatten, Transpose, Squeeze,
+Unsqueeze) and MaxPool pass the quantized value through with the *input's* scale and zero
+point, which lets ORT run them on uint8 and keeps neighbouring groups fused.
+
+`tensorrt`: TensorRT's rules: int8 symmetric (zero point 0) activations, per-tensor; per-channel
+weights; biases stay float (TensorRT quantizes them itself); Q/DQ on the inputs of quantizable
+ops only (TensorRT propagates and fuses them), on both inputs of a residual Add, never on graph
+outputs. `check_tensorrt_qdq` (trt_rules.py) verifies the result.
+
+Before placing Q/DQ, zero-valued constant Pads feeding only Convs are merged into the Convs'
+`pads` (exported "same" padding): a Q/DQ between Pad and Conv would block both fusions.
+
+In both flavours: nodes the plan does not map to int8 stay float, as do tensors without a range,
+`skip_tensors` (e.g. sentinel-dominated attention masks) and graph outputs; an op whose inputs
+cannot all be quantized is left float. Every consumer of a quantized tensor reads its
+DequantizeLinear output (so ORT sees one consumer per producer and can fuse), and
+`tensor_map[t]` names that output, recorded as the pass inserts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from trimtab.build import qmath
+from trimtab.build._graph import GraphIndex, NameAllocator, copy_model, fold_zero_pads, replace_nodes
+from trimtab.build.artifact import Artifact
+from trimtab.build.plan import PrecisionPlan
+from trimtab.options import Int8Flavour, Precision
+
+logger = logging.getLogger(__name__)
+
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+ACTIVATIONS_TO_FOLD = frozenset({"Relu", "Clip"})
+LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+@dataclass(frozen=True)
+class _FlavourSpec:
+    symmetric: bool  # int8 zero-point-0 activations (else uint8 asymmetric)
+    other_ops: frozenset  # ops without weights that are quantized in place
+    passthrough_ops: frozenset  # ops whose output shares the input's quantisation
+    quantize_outputs: bool  # Q/DQ on the op's output (ORT fusion) or inputs only (TensorRT)
+    quantize_bias: bool  # int32 bias behind a DQ (QLinearConv/QGemm); TensorRT keeps bias float
+
+    def params(self, value_range) -> qmath.QParams:
+        if self.symmetric:
+            return qmath.symmetric_int8(value_range.amax)
+        return qmath.asymmetric_uint8(*value_range.asymmetric())
+
+
+FLAVOURS = {
+    Int8Flavour.ORT_CPU: _FlavourSpec(
+        symmetric=False,
+        other_ops=frozenset({"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid"}),
+        passthrough_ops=LAYOUT_OPS | {"MaxPool"},
+        quantize_outputs=True,
+        quantize_bias=True,
+    ),
+    Int8Flavour.TENSORRT: _FlavourSpec(
+        symmetric=True,
+        other_ops=frozenset({"Add", "MaxPool", "AveragePool", "GlobalAveragePool"}),
+        passthrough_ops=frozenset(),
+        quantize_outputs=False,
+        quantize_bias=False,
+    ),
+}
+
+
+@dataclass
+class _NodeQuant:
+    """What the rewrite does to one node."""
+
+    node: onnx.NodeProto
+    activations: list[str]  # input tensors that get Q/DQ
+    weight: tuple[int, int | None] | None = None  # (input position, channel axis or None)
+    bias: int | None = None  # input position of a bias to store as int32
+    output: str | None = None  # tensor whose Q/DQ closes the group (ort-cpu)
+    folded: onnx.NodeProto | None = None  # Relu/Clip absorbed into the output range
+
+
+@dataclass
+class _Selection:
+    nodes: dict[int, _NodeQuant] = field(default_factory=dict)  # id(node) -> plan
+    skipped: dict[str, str] = field(default_factory=dict)  # node label -> reason
+    tensors: dict[str, str] = field(default_factory=dict)  # quantized tensor -> params owner
+
+
+def build_int8(
+    model,
+    ranges: Mapping[str, object],
+    flavour: Int8Flavour | str,
+    *,
+    plan: PrecisionPlan | None = None,
+    method_name: str | None = None,
+    skip_tensors: set[str] | frozenset[str] = frozenset(),
+) -> Artifact:
+    """Insert Q/DQ into a copy of `model` (a prepared Model) using `ranges` (tensor name ->
+    TensorRange) placed for `flavour`. `method_name` names the calibration method that produced
+    the ranges (kept in the artifact and its name)."""
+    flavour = Int8Flavour(flavour)
+    spec = FLAVOURS[flavour]
+    plan = plan or PrecisionPlan.uniform(Precision.INT8)
+    proto = copy_model(model.proto)
+    folded_pads = fold_zero_pads(proto.graph)
+    index = GraphIndex(proto.graph)
+    selection = _select(index, ranges, spec, plan, frozenset(skip_tensors))
+    params = _tensor_params(selection, ranges, spec)
+    rewriter = _QdqRewriter(proto.graph, index, params)
+    tensor_map = rewriter.rewrite(selection)
+    onnx.checker.check_model(proto)
+    notes = _notes(selection, flavour, rewriter)
+    notes["folded_pads"] = folded_pads
+    logger.info("int8 %s: %d nodes quantized, %d left float", flavour.value, len(notes["quantized"]),
+                len(selection.skipped))
+    suffix = f"-{method_name}" if method_name else ""
+    return Artifact(
+        name=f"int8{suffix}-{flavour.value}",
+        precision=Precision.INT8.value,
+        proto=proto,
+        tensor_map=tensor_map,
+        flavour=flavour.value,
+        calibration=method_name,
+        notes=notes,
+    )
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return node.name or f"{node.op_type}({node.output[0]})"
+
+
+# --- choosing what to quantize ---------------------------------------------------------------
+
+
+def _select(index: GraphIndex, ranges, spec: _FlavourSpec, plan: PrecisionPlan, skip) -> _Selection:
+    """Decide node by node, in graph order, which ops become quantized groups."""
+    selection = _Selection()
+
+    def can_carry_qdq(name: str) -> bool:
+        return (bool(name) and index.is_float(name) and not index.is_constant(name)
+                and name not in skip and name not in index.graph_outputs)
+
+    def quantizable(name: str) -> bool:
+        return can_carry_qdq(name) and name in ranges
+
+    for node in index.graph.node:
+        op = node.op_type
+        if op not in WEIGHTED_OPS and op not in spec.other_ops and op not in spec.passthrough_ops:
+            continue
+        if plan.precision_for(node.name, op) is not Precision.INT8:
+            selection.skipped[_label(node)] = "plan"
+            continue
+        if op in spec.passthrough_ops:
+            _select_passthrough(node, selection, can_carry_qdq)
+            continue
+        quant, reason = _plan_node(node, index, spec, quantizable)
+        if quant is None:
+            selection.skipped[_label(node)] = reason
+            continue
+        selection.nodes[id(node)] = quant
+        for name in quant.activations:
+            selection.tensors.setdefault(name, name)
+        if quant.output:
+            selection.tensors.setdefault(quant.output, quant.output)
+    return selection
+
+
+def _select_passthrough(node, selection: _Selection, can_carry_qdq) -> None:
+    """A layout op or MaxPool joins the quantized region when its input is already quantized;
+    its output then reuses the input's scale and zero point (ORT drops the Q/DQ around it)."""
+    source, output = node.input[0], node.output[0]
+    if source not in selection.tensors:
+        selection.skipped[_label(node)] = "input not quantized"
+        return
+    if not can_carry_qdq(output):
+        selection.skipped[_label(node)] = "output cannot be quantized"
+        return
+    selection.nodes[id(node)] = _NodeQuant(node, activations=[source], output=output)
+    selection.tensors[output] = selection.tensors[source]
+
+
+def _plan_node(node, index: GraphIndex, spec: _FlavourSpec, quantizable) -> tuple[_NodeQuant | None, str]:
+    if node.op_type in WEIGHTED_OPS:
+        quant, reason = _plan_weighted(node, index, quantizable)
+        if quant is not None and not spec.quantize_bias:
+            quant.bias = None
+    else:
+        quant, reason = _plan_other(node, index, quantizable)
+    if quant is None or not spec.quantize_outputs:
+        return quant, reason
+    _attach_output(quant, index, quantizable)
+    if quant.output is None and node.op_type not in ("Gemm", "MatMul"):
+        # Without a Q on the output ORT cannot form the integer kernel: int8 would only add error.
+        return None, "output cannot be quantized, so ONNX Runtime could not fuse it"
+    return quant, ""
+
+
+def _plan_weighted(node, index: GraphIndex, quantizable) -> tuple[_NodeQuant | None, str]:
+    op, inputs = node.op_type, list(node.input)
+    if op == "MatMul" and not index.is_constant(inputs[1]):
+        if all(quantizable(name) for name in inputs):  # activation x activation (attention)
+            return _NodeQuant(node, activations=inputs), ""
+        return None, "inputs have no range or are excluded"
+    if not quantizable(inputs[0]):
+        return None, f"input {inputs[0]!r} has no range or is excluded"
+    if len(inputs) < 2 or not index.is_constant(inputs[1]):
+        return None, "weight is not a constant"
+    weight = index.array(inputs[1])
+    axis = _weight_axis(node, weight)
+    if axis is False:
+        return None, f"unsupported weight shape {list(weight.shape)}"
+    bias = 2 if len(inputs) > 2 and inputs[2] and _bias_quantizable(node, index, weight, axis) else None
+    return _NodeQuant(node, activations=[inputs[0]], weight=(1, axis), bias=bias), ""
+
+
+def _weight_axis(node, weight: np.ndarray):
+    """The output-channel axis of a weight (None = per-tensor, False = cannot quantize)."""
+    attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        # Axis 1 holds output channels per group; per-channel is only exact without groups.
+        return 1 if attrs.get("group", 1) == 1 else None
+    if weight.ndim < 2:
+        return False
+    if node.op_type == "Gemm":
+        return 0 if attrs.get("transB", 0) else 1
+    return weight.ndim - 1  # MatMul: B is [..., K, N]
+
+
+def _bias_quantizable(node, index: GraphIndex, weight: np.ndarray, axis) -> bool:
+    if not index.is_constant(node.input[2]) or axis is None:
+        return False
+    bias = index.array(node.input[2])
+    if node.op_type == "Gemm":
+        attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return False
+    return bias.ndim == 1 and bias.shape[0] == weight.shape[axis]
+
+
+def _plan_other(node, index: GraphIndex, quantizable) -> tuple[_NodeQuant | None, str]:
+    inputs = [name for name in node.input if name]
+    if node.op_type in ("Add", "Mul") and any(index.is_constant(name) for name in inputs):
+        return None, "one input is a constant (not a residual/gating op)"
+    missing = [name for name in inputs if not quantizable(name)]
+    if missing:
+        return None, f"input {missing[0]!r} has no range or is excluded"
+    return _NodeQuant(node, activations=inputs), ""
+
+
+def _attach_output(quant: _NodeQuant, index: GraphIndex, quantizable) -> None:
+    """ort-cpu: pick the tensor whose Q closes the group, folding a following Relu/Clip(0, x)."""
+    output = quant.node.output[0]
+    consumers = index.consumers.get(output, [])
+    if len(consumers) == 1 and output not in index.graph_outputs and _foldable(consumers[0], index):
+        activation = consumers[0]
+        if quantizable(activation.output[0]):
+            quant.output, quant.folded = activation.output[0], activation
+            return
+    if quantizable(output):
+        quant.output = output
+
+
+def _foldable(node, index: GraphIndex) -> bool:
+    """Relu, or Clip with min exactly 0: a Q with zero point 0 clamps at 0 the same way."""
+    if node.op_type == "Relu":
+        return True
+    if node.op_type != "Clip":
+        return False
+    if len(node.input) > 1 and node.input[1]:
+        return index.is_constant(node.input[1]) and float(index.array(node.input[1])) == 0.0
+    attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+    return attrs.get("min") == 0.0
+
+
+def _tensor_params(selection: _Selection, ranges, spec: _FlavourSpec) -> dict[str, tuple[str, qmath.QParams]]:
+    """tensor -> (owner, params). Pass-through outputs share their owner's params (and its
+    scale/zero-point initialisers)."""
+    owned = {owner: spec.params(ranges[owner]) for owner in set(selection.tensors.values())}
+    return {tensor: (owner, owned[owner]) for tensor, owner in selection.tensors.items()}
+
+
+def _notes(selection: _Selection, flavour: Int8Flavour, rewriter: "_QdqRewriter") -> dict:
+    quantized = [_label(quant.node) for quant in selection.nodes.values()]
+    folded = [_label(quant.folded) for quant in selection.nodes.values() if quant.folded is not None]
+    return {
+        "flavour": flavour.value,
+        "quantized": quantized,
+        "folded_activations": folded,
+        "skipped": dict(selection.skipped),
+        "weights": rewriter.weight_axes,
+        "quantized_tensors": len(selection.tensors),
+    }
+
+
+# --- rewriting the graph ---------------------------------------------------------------------
+
+
+class _QdqRewriter:
+    """Emits the new node list: Q/DQ after each quantized tensor's producer, int8 weights and
+    int32 biases behind DequantizeLinear, consumers rewired to the DQ outputs."""
+
+    def __init__(self, graph: onnx.GraphProto, index: GraphIndex, params) -> None:
+        self.graph = graph
+        self.index = index
+        self.params = params
+        self.names = NameAllocator(graph)
+        self.dq_of: dict[str, str] = {}  # quantized tensor -> its DequantizeLinear output
+        self.param_inits: dict[str, tuple[str, str]] = {}  # owner -> (scale, zero point) names
+        self.weight_cache: dict[tuple, tuple[str, np.ndarray]] = {}
+        self.weight_axes: dict[str, int | None] = {}
+
+    def rewrite(self, selection: _Selection) -> dict[str, str]:
+        new_nodes = []
+        for name in self.index.graph_inputs:
+            if name in self.params:
+                new_nodes.extend(self._qdq(name))
+        for node in list(self.graph.node):
+            quant = selection.nodes.get(id(node))
+            new_nodes.extend(self._rewire(node, quant))
+            for name in node.output:
+                if name in self.params:
+                    new_nodes.extend(self._qdq(name))
+        replace_nodes(self.graph, new_nodes)
+        self._drop_unused_initialisers()
+        return self._tensor_map()
+
+    def _rewire(self, node, quant: _NodeQuant | None) -> list[onnx.NodeProto]:
+        """Point inputs at DQ outputs; swap weight/bias for their quantized versions."""
+        extra = []
+        if quant is not None and quant.weight is not None:
+            position, axis = quant.weight
+            weight_dq, weight_scales, node_extra = self._weight(node.input[position], axis)
+            extra += node_extra
+            if quant.bias is not None:
+                input_scale = self.params[node.input[0]][1].scale
+                bias_dq, bias_nodes = self._bias(node.input[quant.bias], input_scale, weight_scales, node)
+                node.input[quant.bias] = bias_dq
+                extra += bias_nodes
+            node.input[position] = weight_dq
+        for i, name in enumerate(node.input):
+            if name in self.dq_of:
+                node.input[i] = self.dq_of[name]
+        return extra + [node]
+
+    def _qdq(self, tensor: str) -> list[onnx.NodeProto]:
+        owner, params = self.params[tensor]
+        scale, zero_point = self._param_initialisers(owner, params)
+        quantized = self.names.new(f"{tensor}_quantized")
+        dequantized = self.names.new(f"{tensor}_dequantized")
+        self.dq_of[tensor] = dequantized
+        return [
+            helper.make_node("QuantizeLinear", [tensor, scale, zero_point], [quantized],
+                             name=self.names.new(f"{tensor}_QuantizeLinear")),
+            helper.make_node("DequantizeLinear", [quantized, scale, zero_point], [dequantized],
+                             name=self.names.new(f"{tensor}_DequantizeLinear")),
+        ]
+
+    def _param_initialisers(self, owner: str, params: qmath.QParams) -> tuple[str, str]:
+        if owner not in self.param_inits:
+            scale = self._add_initialiser(np.array(params.scale, dtype=np.float32), f"{owner}_scale")
+            zero_point = self._add_initialiser(np.array(params.zero_point, dtype=params.dtype),
+                                               f"{owner}_zero_point")
+            self.param_inits[owner] = (scale, zero_point)
+        return self.param_inits[owner]
+
+    def _weight(self, name: str, axis: int | None) -> tuple[str, np.ndarray, list[onnx.NodeProto]]:
+        """int8 weight + DequantizeLinear (shared by nodes using the same weight and axis)."""
+        key = (name, axis)
+        if key in self.weight_cache:
+            dq, scales = self.weight_cache[key]
+            return dq, scales, []
+        weight = self.index.array(name)
+        if axis is None:
+            flat, scales = qmath.quantize_weight_per_channel(weight.reshape(1, -1), 0)
+            values, scales_init, attrs = flat.reshape(weight.shape), scales.reshape(()), {}
+        else:
+            values, scales = qmath.quantize_weight_per_channel(weight, axis)
+            scales_init, attrs = scales, {"axis": axis}
+        q_name = self._add_initialiser(values, f"{name}_quantized")
+        s_name = self._add_initialiser(scales_init, f"{name}_scale")
+        z_name = self._add_initialiser(np.zeros_like(scales_init, dtype=np.int8), f"{name}_zero_point")
+        dq = self.names.new(f"{name}_dequantized")
+        node = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq],
+                                name=self.names.new(f"{name}_DequantizeLinear"), **attrs)
+        self.weight_cache[key] = (dq, scales)
+        self.weight_axes[name] = axis
+        return dq, scales, [node]
+
+    def _bias(self, name: str, input_scale: float, weight_scales: np.ndarray, node) -> tuple[str, list]:
+        values, scales = qmath.quantize_bias(self.index.array(name), input_scale, weight_scales)
+        label = f"{name}_{node.name}" if node.name else name
+        q_name = self._add_initialiser(values, f"{label}_quantized")
+        s_name = self._add_initialiser(scales, f"{label}_scale")
+        z_name = self._add_initialiser(np.zeros_like(values), f"{label}_zero_point")
+        dq = self.names.new(f"{label}_dequantized")
+        dq_node = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq],
+                                   name=self.names.new(f"{label}_DequantizeLinear"), axis=0)
+        return dq, [dq_node]
+
+    def _add_initialiser(self, values: np.ndarray, base: str) -> str:
+        name = self.names.new(base)
+        self.graph.initializer.append(numpy_helper.from_array(values, name))
+        return name
+
+    def _drop_unused_initialisers(self) -> None:
+        used = {name for node in self.graph.node for name in node.input}
+        used |= {value.name for value in self.graph.output}
+        keep = [init for init in self.graph.initializer if init.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(keep)
+
+    def _tensor_map(self) -> dict[str, str]:
+        mapping = {name: name for name, elem in self.index.elem_types.items()
+                   if elem == TensorProto.FLOAT and name not in self.index.initialisers}
+        mapping.update(self.dq_of)
+        return mapping

@@ -1,0 +1,160 @@
+"""Tiny models and a min/max range helper for the build tests (calibration proper lives in
+trimtab.calibrate; these tests must not depend on it)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from trimtab.calibrate.ranges import TensorRange
+from trimtab.load.model import Model
+
+
+def as_model(proto: onnx.ModelProto, name: str = "tiny") -> Model:
+    proto = onnx.shape_inference.infer_shapes(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    inits = {init.name for init in proto.graph.initializer}
+    return Model(proto=proto, sha256=hashlib.sha256(proto.SerializeToString()).hexdigest(), name=name,
+                 input_names=tuple(v.name for v in proto.graph.input if v.name not in inits),
+                 output_names=tuple(v.name for v in proto.graph.output))
+
+
+def session(proto: onnx.ModelProto, *, optimized_path: str | None = None, optimize: bool = True):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session(proto).run(None, feeds)
+
+
+def minmax_ranges(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, TensorRange]:
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(proto)
+    known = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(v for v in exposed.graph.value_info
+                                if v.type.tensor_type.elem_type == TensorProto.FLOAT and v.name not in known)
+    sess = session(exposed, optimize=False)
+    values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    values.update(feeds)
+    return {name: TensorRange(float(np.abs(v).max()), float(v.min()), float(v.max()))
+            for name, v in values.items() if v.dtype == np.float32}
+
+
+def _init(rng, name, shape, scale=0.3):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def residual_cnn(seed: int = 0) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv+Relu -> Conv -> Add(residual) -> Relu -> MaxPool -> Conv -> Clip(0,6)
+    -> GlobalAveragePool -> Flatten -> Gemm(transB) -> y[N,5]. Covers the ResNet/EfficientNet
+    patterns the int8 builder must fuse."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init(rng, "w1", (8, 3, 3, 3)), _init(rng, "b1", (8,), 0.1),
+        _init(rng, "w2", (8, 8, 3, 3), 0.15), _init(rng, "b2", (8,), 0.1),
+        _init(rng, "w3", (16, 8, 1, 1)), _init(rng, "b3", (16,), 0.1),
+        _init(rng, "wfc", (5, 16)), _init(rng, "bfc", (5,), 0.1),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "six"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r2"], name="relu2"),
+        helper.make_node("MaxPool", ["r2"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "w3", "b3"], ["c3"], name="conv3"),
+        helper.make_node("Clip", ["c3", "zero", "six"], ["r3"], name="relu6"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wfc", "bfc"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "residual_cnn",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def mlp_with_mask(seed: int = 0) -> onnx.ModelProto:
+    """x[N,4,16] -> MatMul(W1) -> Add(b) -> Relu -> MatMul(W2) -> Add(mask) -> Softmax -> y;
+    `mask` is a graph input holding 0 or -3.4e38 (sentinel-dominated: must not be quantized)."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "W1", (16, 32)), _init(rng, "bias1", (32,), 0.1), _init(rng, "W2", (32, 8))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["m1"], name="mm1"),
+        helper.make_node("Add", ["m1", "bias1"], ["a1"], name="bias_add"),
+        helper.make_node("Relu", ["a1"], ["h"], name="relu"),
+        helper.make_node("MatMul", ["h", "W2"], ["m2"], name="mm2"),
+        helper.make_node("Add", ["m2", "mask"], ["scores"], name="mask_add"),
+        helper.make_node("Softmax", ["scores"], ["y"], name="softmax", axis=-1),
+    ]
+    graph = helper.make_graph(nodes, "mlp_with_mask",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16]),
+                               helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def mask_feed(rng, batch: int = 2) -> np.ndarray:
+    mask = np.zeros((batch, 4, 8), np.float32)
+    mask[:, :, 6:] = -3.4e38
+    return mask
+
+
+def conv_transpose_model(seed: int = 0) -> onnx.ModelProto:
+    """x[N,4,5,5] -> ConvTranspose(W[4,6,3,3], bias) -> Relu -> y (weights' axis 1 is output)."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("ConvTranspose", ["x", "W", "B"], ["t"], name="deconv", strides=[2, 2]),
+             helper.make_node("Relu", ["t"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "W2"], ["y"], name="conv")]
+    graph = helper.make_graph(nodes, "deconv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [_init(rng, "W", (4, 6, 3, 3)), _init(rng, "B", (6,), 0.1), _init(rng, "W2", (3, 6, 1, 1))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def fp16_risky_model(seed: int = 0) -> onnx.ModelProto:
+    """x[N,8] -> MatMul(W) -> Relu -> {Softmax, ReduceSum, Exp, Add(eps=1e-10), Mul(1e5)} plus
+    an integer Shape path; outputs y (sum of the float branches) and n (the shape)."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "W", (8, 8)), _init(rng, "W2", (8, 8)),
+             numpy_helper.from_array(np.array([1e-10], np.float32), "eps"),
+             numpy_helper.from_array(np.array([1e5], np.float32), "big")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"], name="matmul"),
+        helper.make_node("Relu", ["m"], ["r"], name="relu"),
+        helper.make_node("Softmax", ["r"], ["sm"], name="softmax", axis=-1),
+        helper.make_node("ReduceSum", ["r"], ["rs"], name="reducesum", keepdims=1),
+        helper.make_node("Exp", ["sm"], ["e"], name="exp"),
+        helper.make_node("Add", ["r", "eps"], ["re"], name="add_eps"),
+        helper.make_node("Mul", ["re", "big"], ["rb"], name="mul_big"),
+        helper.make_node("MatMul", ["e", "W2"], ["m2"], name="matmul2"),
+        helper.make_node("Add", ["m2", "rs"], ["t"], name="add_sum"),
+        helper.make_node("Add", ["t", "rb"], ["y"], name="add_out"),
+        helper.make_node("Shape", ["m2"], ["n"], name="shape"),
+    ]
+    graph = helper.make_graph(nodes, "fp16_risky",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8]),
+                               helper.make_tensor_value_info("n", TensorProto.INT64, [2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def tensor_names(proto: onnx.ModelProto) -> set[str]:
+    names = {v.name for v in proto.graph.input} | {i.name for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        names.update(node.output)
+    return names
