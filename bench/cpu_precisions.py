@@ -124,6 +124,26 @@ def imagenet_photos() -> np.ndarray:
 # --- candidates and timing ---------------------------------------------------------------------
 
 
+def ort_quantizer_peer(proto: onnx.ModelProto, calib: list[np.ndarray], folder: Path) -> Candidate:
+    """ONNX Runtime's own static quantizer on the same data (MinMax, per-channel, U8S8, QDQ):
+    the reference our ort-cpu placement must match or beat."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calib)
+
+        def get_next(self):
+            return next(({"input": batch} for batch in self.batches), None)
+
+    source, target = folder / "peer-in.onnx", folder / "peer-out.onnx"
+    onnx.save(proto, str(source))
+    started = time.perf_counter()
+    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return Candidate("int8 (ORT quantizer, peer)", target.read_bytes(), time.perf_counter() - started)
+
+
 def build_candidates(proto: onnx.ModelProto, calib: list[np.ndarray], name: str) -> list[Candidate]:
     model = prepared_model(proto, name)
     started = time.perf_counter()
@@ -217,10 +237,12 @@ def environment() -> list[str]:
             f"- batch {BATCH}, intra-op threads {THREADS}, ORT_ENABLE_ALL, CPUExecutionProvider"]
 
 
-def run_model(name: str, loader, folder: Path, rounds: int, reps: int) -> tuple[list[str], dict]:
+def run_model(name: str, loader, folder: Path, rounds: int, reps: int, peer: bool) -> tuple[list[str], dict]:
     print(f"{name}: exporting", flush=True)
     proto, calib, evaluation = loader(folder)
     candidates = build_candidates(proto, calib, name)
+    if peer:
+        candidates.append(ort_quantizer_peer(proto, calib, folder))
     for candidate in candidates:
         candidate.session = open_session(candidate.model_bytes)
     batch = evaluation[:BATCH] if len(evaluation) >= BATCH else calib[0]
@@ -229,7 +251,8 @@ def run_model(name: str, loader, folder: Path, rounds: int, reps: int) -> tuple[
     time_interleaved(candidates, batch, rounds, reps)
     lines = summarise(name, candidates)
     print("\n".join(lines), flush=True)
-    return lines, fused_ops(candidates[-1].model_bytes, folder)
+    ours = next(candidate for candidate in candidates if candidate.name == "int8")
+    return lines, fused_ops(ours.model_bytes, folder)
 
 
 def main() -> None:
@@ -237,6 +260,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--reps", type=int, default=2, help="runs per candidate per round")
     parser.add_argument("--models", default="resnet50,effnet-lite0")
+    parser.add_argument("--no-peer", action="store_true", help="skip ONNX Runtime's own quantizer as a peer")
     parser.add_argument("--write", type=Path, help="write the results as markdown (e.g. docs/perf.md)")
     args = parser.parse_args()
     loaders = {"resnet50": resnet50, "effnet-lite0": effnet_lite0}
@@ -245,10 +269,11 @@ def main() -> None:
     sections, fusion = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            lines, fusion[name] = run_model(name, loaders[name], Path(tmp), args.rounds, args.reps)
+            lines, fusion[name] = run_model(name, loaders[name], Path(tmp), args.rounds, args.reps,
+                                                not args.no_peer)
             sections += lines
     for name, counts in fusion.items():
-        print(f"{name} int8 after ORT optimisation: {dict(sorted(counts.items()))}")
+        print(f"{name} int8 (ours) after ORT optimisation: {dict(sorted(counts.items()))}")
     if args.write:
         write_markdown(args.write, sections, fusion, args)
 

@@ -74,7 +74,7 @@ class Calibration:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Calibration":
+    def from_json(cls, data: dict) -> Calibration:
         return cls(
             method=data["method"],
             ranges={name: TensorRange(**r) for name, r in data["ranges"].items()},
@@ -92,12 +92,12 @@ class Calibration:
         return atomic_write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
+    def load(cls, path: str | Path) -> Calibration:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def calibrate(
-    model: "Model",
+    model: Model,
     dataset: DatasetLike,
     method: CalibrationMethod | str,
     *,

@@ -41,7 +41,7 @@ class DatasetLike(Protocol):
     def fingerprint(self) -> str: ...
 
 
-def quantizable_tensors(proto: "onnx.ModelProto") -> list[str]:
+def quantizable_tensors(proto: onnx.ModelProto) -> list[str]:
     """Names of the tensors whose ranges calibration should measure, in graph order.
 
     Kept: float graph inputs, and outputs of nodes that depend on the data (through a path that
@@ -69,7 +69,7 @@ def quantizable_tensors(proto: "onnx.ModelProto") -> list[str]:
 
 
 def collect_histograms(
-    model: "Model",
+    model: Model,
     dataset: DatasetLike,
     *,
     batch_size: int = 8,
@@ -113,7 +113,7 @@ def collect_histograms(
     return hist_set
 
 
-def _fold_batch(hist_set: HistogramSet, names: list[str], batch: "Batch", outputs: dict[str, np.ndarray]) -> None:
+def _fold_batch(hist_set: HistogramSet, names: list[str], batch: Batch, outputs: dict[str, np.ndarray]) -> None:
     """Histogram each tensor of one batch, releasing each array as soon as it is counted."""
     for name in names:
         array = batch.inputs[name] if name in batch.inputs else outputs.pop(name, None)
@@ -123,7 +123,7 @@ def _fold_batch(hist_set: HistogramSet, names: list[str], batch: "Batch", output
         del array
 
 
-def _resolve_tensors(proto: "onnx.ModelProto", tensors: Sequence[str] | None) -> list[str]:
+def _resolve_tensors(proto: onnx.ModelProto, tensors: Sequence[str] | None) -> list[str]:
     available = quantizable_tensors(proto)
     if tensors is None:
         if not available:
@@ -149,9 +149,7 @@ def _log_skipped(names: list[str], hist_set: HistogramSet) -> None:
     dominated = hist_set.dominated_tensors()
     if dominated:
         log.warning(
-            "%d tensors are mostly sentinel values (|x| >= 1e30, e.g. attention masks); keep them "
-            "in float: %s",
+            "%d tensors are mostly sentinel values (|x| >= 1e30, e.g. attention masks); keep them in float: %s",
             len(dominated),
             dominated[:5],
         )
-

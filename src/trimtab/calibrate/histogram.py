@@ -90,13 +90,13 @@ class TensorHistogram:
         Raises CalibrationError if `x` holds NaN or +-Inf, naming the tensor and `sources`
         (the samples of the batch) so the bad input can be found.
         """
-        flat = np.abs(np.asarray(x, dtype=np.float32).ravel())
-        if flat.size == 0:
+        signed = np.asarray(x, dtype=np.float32).ravel()
+        if signed.size == 0:
             return
+        flat = np.abs(signed)
         peak = float(flat.max())  # NaN propagates through max, so one pass checks finiteness
         if not math.isfinite(peak):
             raise _non_finite_error(self.name, x, sources)
-        signed = np.asarray(x, dtype=np.float32).ravel()
         if peak >= SENTINEL_ABS:
             keep = flat < SENTINEL_ABS
             self.sentinel_count += int(flat.size - np.count_nonzero(keep))
@@ -233,7 +233,7 @@ class HistogramSet:
         return atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path) -> "HistogramSet":
+    def load(cls, path: str | Path) -> HistogramSet:
         """Read a set written by `save`. Raises CalibrationError if the file is unreadable."""
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -247,7 +247,7 @@ class HistogramSet:
             ) from exc
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "HistogramSet":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> HistogramSet:
         version = int(arrays["format_version"])
         if version != FORMAT_VERSION:
             raise CalibrationError(
