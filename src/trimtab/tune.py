@@ -420,13 +420,13 @@ def _write_outputs(summary, candidates: list[Measured], folder: RunFolder) -> No
 
 
 def _plan_of(artifact) -> dict:
-    """The chosen candidate as a PrecisionPlan: its precision by default, with the nodes the
-    build kept in higher precision listed as exact-name rules."""
+    """The chosen candidate as a PrecisionPlan: its precision by default, with every node the
+    build left in higher precision listed as an exact-name fp32 rule."""
     from trimtab.build.plan import PrecisionPlan
 
-    plan = artifact.notes.get("plan")
-    if isinstance(plan, PrecisionPlan):
-        return plan.to_dict()
-    kept = artifact.notes.get("kept_fp32", {}) or {}
-    rules = {name: "fp32" for name in kept}
-    return PrecisionPlan(default=artifact.precision, rules=rules).to_dict()
+    precision = artifact.precision if artifact.precision in ("fp32", "fp16", "int8") else "fp32"
+    plan = PrecisionPlan.uniform(precision)
+    kept = artifact.notes.get("kept_fp32") or artifact.notes.get("skipped") or {}
+    for name in kept:
+        plan = plan.with_rule("name", name, "fp32")
+    return plan.to_dict()

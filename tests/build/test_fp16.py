@@ -1,8 +1,15 @@
 import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnx import TensorProto
 
-from tests.build._support import as_model, fp16_risky_model, residual_cnn, run, tensor_names
+from tests.build._support import (
+    as_model,
+    fp16_risky_model,
+    residual_cnn,
+    run,
+    tensor_names,
+)
 from trimtab.build import PrecisionPlan, build_fp16, build_fp32
 from trimtab.build.plan import PlanRule
 
@@ -69,3 +76,16 @@ def test_tensor_maps_point_at_existing_tensors():
         assert artifact.tensor_map, artifact.name
         assert set(artifact.tensor_map.values()) <= names
         assert {"c1", "r1", "s", "y"} <= set(artifact.tensor_map)
+
+
+def test_weights_with_a_few_negligible_values_are_still_converted():
+    proto = residual_cnn()
+    weight = next(init for init in proto.graph.initializer if init.name == "w2")
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values[0] = 1e-10  # a dead output channel, as BN folding leaves behind
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, "w2"))
+    artifact = build_fp16(as_model(proto))
+    assert "conv2" not in artifact.notes["kept_fp32"]
+    values[:, :, :, :] = 1e-9  # the whole tensor below fp16's range: must stay fp32
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, "w2"))
+    assert "flush to zero" in build_fp16(as_model(proto)).notes["kept_fp32"]["conv2"]

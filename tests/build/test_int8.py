@@ -3,8 +3,17 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from tests.build._support import (as_model, conv_transpose_model, mask_feed, minmax_ranges, mlp_with_mask,
-                                  residual_cnn, run, session, tensor_names)
+from tests.build._support import (
+    as_model,
+    conv_transpose_model,
+    mask_feed,
+    minmax_ranges,
+    mlp_with_mask,
+    residual_cnn,
+    run,
+    session,
+    tensor_names,
+)
 from trimtab.build import PrecisionPlan, build_int8, check_tensorrt_qdq
 from trimtab.build.plan import PlanRule
 from trimtab.build.qmath import sqnr_db

@@ -35,4 +35,4 @@ def test_bias_scale_is_input_times_weight_scale():
 def test_sqnr():
     x = np.ones(100, np.float32)
     assert qmath.sqnr_db(x, x) == float("inf")
-    assert abs(qmath.sqnr_db(x, x * 1.1) - 20.0) < 1e-6
+    assert abs(qmath.sqnr_db(x, x * 1.1) - 20.0) < 1e-4

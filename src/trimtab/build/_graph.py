@@ -144,9 +144,9 @@ def _spatial_zero_pads(pad: onnx.NodeProto, index: GraphIndex) -> list[int] | No
         return None
     if len(pad.input) < 2 or not index.is_constant(pad.input[1]):
         return None
-    if len(pad.input) > 2 and pad.input[2]:
-        if not index.is_constant(pad.input[2]) or float(index.array(pad.input[2])) != 0.0:
-            return None
+    has_value = len(pad.input) > 2 and bool(pad.input[2])
+    if has_value and (not index.is_constant(pad.input[2]) or float(index.array(pad.input[2])) != 0.0):
+        return None
     if len(pad.input) > 3 and pad.input[3]:
         return None  # explicit axes: rare, not handled
     pads = [int(v) for v in index.array(pad.input[1]).reshape(-1)]

@@ -31,16 +31,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from trimtab.build import qmath
-from trimtab.build._graph import GraphIndex, NameAllocator, copy_model, fold_zero_pads, replace_nodes
+from trimtab.build._graph import (
+    GraphIndex,
+    NameAllocator,
+    copy_model,
+    fold_zero_pads,
+    replace_nodes,
+)
 from trimtab.build.artifact import Artifact
 from trimtab.build.plan import PrecisionPlan
 from trimtab.options import Int8Flavour, Precision
+
+if TYPE_CHECKING:
+    from trimtab.calibrate.ranges import TensorRange
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +112,7 @@ class _Selection:
 
 def build_int8(
     model,
-    ranges: Mapping[str, object],
+    ranges: Mapping[str, TensorRange],
     flavour: Int8Flavour | str,
     *,
     plan: PrecisionPlan | None = None,
@@ -112,7 +122,11 @@ def build_int8(
     """Insert Q/DQ into a copy of `model` (a prepared Model) using `ranges` (tensor name ->
     TensorRange) placed for `flavour`. `method_name` names the calibration method that produced
     the ranges (kept in the artifact and its name)."""
-    flavour = Int8Flavour(flavour)
+    try:
+        flavour = Int8Flavour(flavour)
+    except ValueError:
+        choices = ", ".join(member.value for member in Int8Flavour)
+        raise ValueError(f"unknown int8 flavour {flavour!r}; choose one of: {choices}") from None
     spec = FLAVOURS[flavour]
     plan = plan or PrecisionPlan.uniform(Precision.INT8)
     proto = copy_model(model.proto)
@@ -122,11 +136,14 @@ def build_int8(
     params = _tensor_params(selection, ranges, spec)
     rewriter = _QdqRewriter(proto.graph, index, params)
     tensor_map = rewriter.rewrite(selection)
-    onnx.checker.check_model(proto)
+    if proto.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:  # larger models are checked from a file
+        onnx.checker.check_model(proto)
     notes = _notes(selection, flavour, rewriter)
     notes["folded_pads"] = folded_pads
     logger.info("int8 %s: %d nodes quantized, %d left float", flavour.value, len(notes["quantized"]),
                 len(selection.skipped))
+    if not selection.nodes:
+        logger.warning("int8 %s: no node was quantized (do the ranges name this model's tensors?)", flavour.value)
     suffix = f"-{method_name}" if method_name else ""
     return Artifact(
         name=f"int8{suffix}-{flavour.value}",
@@ -295,7 +312,7 @@ def _tensor_params(selection: _Selection, ranges, spec: _FlavourSpec) -> dict[st
     return {tensor: (owner, owned[owner]) for tensor, owner in selection.tensors.items()}
 
 
-def _notes(selection: _Selection, flavour: Int8Flavour, rewriter: "_QdqRewriter") -> dict:
+def _notes(selection: _Selection, flavour: Int8Flavour, rewriter: _QdqRewriter) -> dict:
     quantized = [_label(quant.node) for quant in selection.nodes.values()]
     folded = [_label(quant.folded) for quant in selection.nodes.values() if quant.folded is not None]
     return {

@@ -56,7 +56,7 @@ class PlanRule:
         return {self.kind.value: self.value, "precision": self.precision.value}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PlanRule":
+    def from_dict(cls, data: dict) -> PlanRule:
         if not isinstance(data, dict) or "precision" not in data:
             raise ValueError(f"a rule is a dict with 'precision' and one of name/pattern/op_type, got {data!r}")
         kinds = [kind for kind in MatchKind if kind.value in data]
@@ -78,7 +78,7 @@ class PrecisionPlan:
         object.__setattr__(self, "rules", rules)
 
     @classmethod
-    def uniform(cls, precision: Precision | str) -> "PrecisionPlan":
+    def uniform(cls, precision: Precision | str) -> PrecisionPlan:
         return cls(default=precision)
 
     def precision_for(self, node_name: str, op_type: str = "") -> Precision:
@@ -90,7 +90,7 @@ class PrecisionPlan:
                 return rule.precision
         return self.default
 
-    def with_rule(self, kind: MatchKind | str, value: str, precision: Precision | str) -> "PrecisionPlan":
+    def with_rule(self, kind: MatchKind | str, value: str, precision: Precision | str) -> PrecisionPlan:
         """A copy with one more rule appended (plans are immutable)."""
         return PrecisionPlan(self.default, self.rules + (PlanRule(kind, value, precision),))
 
@@ -98,7 +98,7 @@ class PrecisionPlan:
         return {"default": self.default.value, "rules": [rule.to_dict() for rule in self.rules]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PrecisionPlan":
+    def from_dict(cls, data: dict) -> PrecisionPlan:
         if not isinstance(data, dict) or "default" not in data:
             raise ValueError(f"a plan is a dict with 'default' and 'rules', got {data!r}")
         unknown = set(data) - {"default", "rules"}

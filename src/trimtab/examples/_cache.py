@@ -13,8 +13,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from trimtab._io import atomic_write_json
 from trimtab._paths import cache_root

@@ -39,7 +39,7 @@ MIN_SIDE_FRACTION, MAX_ASPECT = 0.4, 4 / 3
 
 
 @functools.lru_cache(maxsize=1)
-def bundled_photos() -> tuple[tuple[str, "object"], ...]:
+def bundled_photos() -> tuple[tuple[str, object], ...]:
     """(name, RGB PIL image) for each bundled photo found, in PHOTO_FILES order."""
     from PIL import Image
 

