@@ -389,7 +389,7 @@ NOTES = [
      "EfficientNet-Lite0 Clip has an fp16 kernel, so casts and NCHWc reorders stay around every "
      "Clip (about 0.55x). fp16 halves the size, not the time, here."),
     ("- Where int8 pays (layer-kind tables): pointwise and spatial convs 3-4.5x, depthwise convs only "
-     "1.3-1.6x and the 3-channel stem conv 0.8-0.9x (ONNX Runtime's int8 depthwise/stem kernels are "
+     "1.3-1.7x and EfficientNet's 3-channel 3x3 stem conv 0.7-0.9x (ONNX Runtime's int8 depthwise/stem kernels are "
      "not much faster than its fp32 NCHWc ones), and int8 adds QuantizeLinear/Transpose/QLinearAdd "
      "work. That is why EfficientNet-Lite0 (depthwise-heavy) gains ~2x where ResNet-50 gains ~3x+."),
     ("- Placement experiments that did not pay (run by hand, same interleaved method): stem conv "

@@ -158,3 +158,22 @@ def tensor_names(proto: onnx.ModelProto) -> set[str]:
     for node in proto.graph.node:
         names.update(node.output)
     return names
+
+
+def swish_concat_model(seed: int = 0) -> onnx.ModelProto:
+    """x -> Conv -> {Sigmoid, Mul (swish)} -> Concat(swish, conv) -> AveragePool -> Conv -> y:
+    the non-conv ops the ort-cpu flavour quantizes in place."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["s"], name="sigmoid"),
+        helper.make_node("Mul", ["c", "s"], ["m"], name="swish"),
+        helper.make_node("Concat", ["m", "c"], ["cat"], name="concat", axis=1),
+        helper.make_node("AveragePool", ["cat"], ["p"], name="avgpool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "w2"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(nodes, "swish_concat",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [_init(rng, "w1", (4, 3, 3, 3)), _init(rng, "b1", (4,), 0.1), _init(rng, "w2", (5, 8, 1, 1))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

@@ -12,6 +12,7 @@ from tests.build._support import (
     residual_cnn,
     run,
     session,
+    swish_concat_model,
     tensor_names,
 )
 from trimtab.build import PrecisionPlan, build_int8, check_tensorrt_qdq
@@ -167,3 +168,36 @@ def test_zero_pad_before_conv_is_folded():
     assert artifact.notes["folded_pads"] == ["pad"]
     assert "Pad" not in [node.op_type for node in artifact.proto.graph.node]
     assert sqnr_db(run(model.proto, {"x": x})[0], run(artifact.proto, {"x": x})[0]) > 25.0
+
+
+def test_sigmoid_mul_concat_avgpool_fuse_and_final_conv_stays_float(tmp_path):
+    model = as_model(swish_concat_model())
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    artifact = build_int8(model, minmax_ranges(model.proto, {"x": x}), "ort-cpu")
+    assert "could not fuse" in artifact.notes["skipped"]["conv2"]  # writes the graph output
+    path = str(tmp_path / "swish.onnx")
+    session(artifact.proto, optimized_path=path)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    for fused in ("QLinearConv", "QLinearSigmoid", "QLinearMul", "QLinearConcat", "QLinearAveragePool"):
+        assert fused in ops, ops
+    assert sqnr_db(run(model.proto, {"x": x})[0], run(artifact.proto, {"x": x})[0]) > 25.0
+
+
+def test_pad_feeding_a_non_conv_is_kept():
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="constant"),
+             helper.make_node("Conv", ["p", "w"], ["y"], name="conv"),
+             helper.make_node("Relu", ["p"], ["z"], name="relu")]
+    graph = helper.make_graph(
+        nodes, "pad_two_consumers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+         numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "w")])
+    model = as_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    x = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    artifact = build_int8(model, minmax_ranges(model.proto, {"x": x}), "ort-cpu")
+    assert artifact.notes["folded_pads"] == []
+    assert "Pad" in [node.op_type for node in artifact.proto.graph.node]

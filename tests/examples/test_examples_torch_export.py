@@ -111,17 +111,17 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 
 @pytest.mark.slow
-def test_dynamo_fallback_exports_a_dynamic_batch(tmp_path):
-    """The path taken when a future torch drops the TorchScript exporter."""
+def test_dynamo_exporter_takes_over_when_the_legacy_one_fails(tmp_path, monkeypatch):
+    """The path taken when a future torch drops (or breaks) the TorchScript exporter."""
     pytest.importorskip("onnxscript")
+
+    def no_legacy(*args, **kwargs):
+        raise TypeError("export() got an unexpected keyword argument 'dynamo'")
+
+    monkeypatch.setattr(torch_export, "_export_legacy", no_legacy)
     torch.manual_seed(0)
     net = ConvNet().eval()
-    with torch.no_grad():
-        proto = torch_export._export_dynamo(
-            net, {"input": torch.zeros(2, 3, 8, 8)}, ["out"], {"input": {0: "batch"}, "out": {0: "batch"}}, 17
-        )
-    path = tmp_path / "d.onnx"
-    path.write_bytes(proto.SerializeToString())
+    path = export_module(net, {"input": torch.zeros(2, 3, 8, 8)}, tmp_path / "d.onnx", output_names=["out"])
     x = np.random.default_rng(1).standard_normal((5, 3, 8, 8)).astype(np.float32)
     got = _session(path).run(None, {"input": x})[0]
     with torch.no_grad():

@@ -9,7 +9,10 @@ DequantizeLinear. A Relu/Clip(0, x) right after a quantized op is folded into th
 range: its output gets the Q/DQ (zero point 0, so the Q clamps exactly as the Relu would), and
 ORT drops the Relu/Clip before fusing. Layout ops (Reshape, Flatten, Transpose, Squeeze,
 Unsqueeze) and MaxPool pass the quantized value through with the *input's* scale and zero
-point, which lets ORT run them on uint8 and keeps neighbouring groups fused.
+point, which lets ORT run them on uint8 and keeps neighbouring groups fused. Add, Mul, Concat,
+Sigmoid, AveragePool and GlobalAveragePool are quantized in place (QLinearAdd, ...) when all
+their inputs are activations. An op whose output is a graph output keeps that output float:
+Gemm/MatMul still fuse (QGemm / MatMulIntegerToFloat give float), other ops stay float.
 
 `tensorrt`: TensorRT's rules: int8 symmetric (zero point 0) activations, per-tensor; per-channel
 weights; biases stay float (TensorRT quantizes them itself); Q/DQ on the inputs of quantizable
@@ -23,7 +26,9 @@ In both flavours: nodes the plan does not map to int8 stay float, as do tensors 
 `skip_tensors` (e.g. sentinel-dominated attention masks) and graph outputs; an op whose inputs
 cannot all be quantized is left float. Every consumer of a quantized tensor reads its
 DequantizeLinear output (so ORT sees one consumer per producer and can fuse), and
-`tensor_map[t]` names that output, recorded as the pass inserts it.
+`tensor_map[t]` names that output, recorded as the pass inserts it. Weights are int8 symmetric
+per output channel (`trimtab.calibrate.weights`); a channel whose int32 bias would overflow
+(nearly dead BN-folded channels) gets a larger weight scale (`BIAS_INT32_LIMIT`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from trimtab.build._graph import (
 )
 from trimtab.build.artifact import Artifact
 from trimtab.build.plan import PrecisionPlan
+from trimtab.calibrate import weights
 from trimtab.options import Int8Flavour, Precision
 
 if TYPE_CHECKING:
@@ -295,10 +301,10 @@ def _attach_output(quant: _NodeQuant, index: GraphIndex, quantizable) -> None:
 
 def _foldable(node, index: GraphIndex) -> bool:
     """Relu, or Clip with min exactly 0: a Q with zero point 0 clamps at 0 the same way."""
+    if node.op_type not in ACTIVATIONS_TO_FOLD:
+        return False
     if node.op_type == "Relu":
         return True
-    if node.op_type != "Clip":
-        return False
     if len(node.input) > 1 and node.input[1]:
         return index.is_constant(node.input[1]) and float(index.array(node.input[1])) == 0.0
     attrs = {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
@@ -323,6 +329,24 @@ def _notes(selection: _Selection, flavour: Int8Flavour, rewriter: _QdqRewriter) 
         "weights": rewriter.weight_axes,
         "quantized_tensors": len(selection.tensors),
     }
+
+
+# int32 bias = bias / (s_input * s_weight_c). A nearly dead channel (BN folding leaves weights
+# ~1e-11 beside an ordinary bias) would overflow int32 and lose its bias, so its weight scale is
+# raised until the bias fits with headroom; that only coarsens weights that are ~0 anyway.
+BIAS_INT32_LIMIT = 2.0**30
+
+
+def _weight_scales(weight: np.ndarray, axis: int | None, bias: np.ndarray | None,
+                   input_scale: float | None) -> np.ndarray:
+    """Symmetric int8 scales per channel (a single-element array when axis is None)."""
+    if axis is None:
+        return np.atleast_1d(weights.symmetric_scale(np.abs(weight).max())).astype(np.float32)
+    scales = weights.symmetric_scale(weights.channel_amax(weight, axis))
+    if bias is not None and input_scale is not None:
+        floor = np.abs(bias.astype(np.float64)) / (input_scale * BIAS_INT32_LIMIT)
+        scales = np.maximum(scales, floor).astype(np.float32)
+    return scales
 
 
 # --- rewriting the graph ---------------------------------------------------------------------
@@ -362,10 +386,11 @@ class _QdqRewriter:
         extra = []
         if quant is not None and quant.weight is not None:
             position, axis = quant.weight
-            weight_dq, weight_scales, node_extra = self._weight(node.input[position], axis)
+            bias = self.index.array(node.input[quant.bias]) if quant.bias is not None else None
+            input_scale = self.params[node.input[0]][1].scale if bias is not None else None
+            weight_dq, weight_scales, node_extra = self._weight(node.input[position], axis, bias, input_scale)
             extra += node_extra
-            if quant.bias is not None:
-                input_scale = self.params[node.input[0]][1].scale
+            if bias is not None:
                 bias_dq, bias_nodes = self._bias(node.input[quant.bias], input_scale, weight_scales, node)
                 node.input[quant.bias] = bias_dq
                 extra += bias_nodes
@@ -396,19 +421,17 @@ class _QdqRewriter:
             self.param_inits[owner] = (scale, zero_point)
         return self.param_inits[owner]
 
-    def _weight(self, name: str, axis: int | None) -> tuple[str, np.ndarray, list[onnx.NodeProto]]:
-        """int8 weight + DequantizeLinear (shared by nodes using the same weight and axis)."""
-        key = (name, axis)
+    def _weight(self, name: str, axis: int | None, bias: np.ndarray | None = None,
+                input_scale: float | None = None) -> tuple[str, np.ndarray, list[onnx.NodeProto]]:
+        """int8 weight + DequantizeLinear, shared by nodes that quantize it identically."""
+        weight = self.index.array(name)
+        scales = _weight_scales(weight, axis, bias, input_scale)
+        key = (name, axis, scales.tobytes())
         if key in self.weight_cache:
             dq, scales = self.weight_cache[key]
             return dq, scales, []
-        weight = self.index.array(name)
-        if axis is None:
-            flat, scales = qmath.quantize_weight_per_channel(weight.reshape(1, -1), 0)
-            values, scales_init, attrs = flat.reshape(weight.shape), scales.reshape(()), {}
-        else:
-            values, scales = qmath.quantize_weight_per_channel(weight, axis)
-            scales_init, attrs = scales, {"axis": axis}
+        values = weights.quantize_with_scale(weight, scales, axis)
+        scales_init, attrs = (scales.reshape(()), {}) if axis is None else (scales, {"axis": axis})
         q_name = self._add_initialiser(values, f"{name}_quantized")
         s_name = self._add_initialiser(scales_init, f"{name}_scale")
         z_name = self._add_initialiser(np.zeros_like(scales_init, dtype=np.int8), f"{name}_zero_point")

@@ -5,9 +5,9 @@
 
 Activations: uint8 asymmetric over [lo, hi] (lo <= 0 <= hi so that 0 is exact),
 scale = (hi - lo) / 255, zero_point = round(-lo / scale); or int8 symmetric, scale = amax / 127,
-zero_point = 0. Weights: int8 symmetric per output channel, scale_c = max|w_c| / 127, values in
-[-127, 127] (the symmetric range TensorRT requires and ORT's U8S8 kernels expect). Bias: int32,
-scale = s_input * s_weight_c, zero point 0, as QLinearConv/QGemm define it.
+zero_point = 0. Weights: int8 symmetric per output channel, from `trimtab.calibrate.weights`
+(scale_c = max|w_c| / 127, values in [-127, 127]). Bias: int32, scale = s_input * s_weight_c,
+zero point 0, as QLinearConv/QGemm define it.
 """
 
 from __future__ import annotations
@@ -44,17 +44,6 @@ def asymmetric_uint8(lo: float, hi: float) -> QParams:
 
 def symmetric_int8(amax: float) -> QParams:
     return QParams(max(float(amax) / 127.0, _MIN_SCALE), 0, np.int8)
-
-
-def quantize_weight_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """int8 symmetric per-channel along `axis`: returns (int8 values, float32 scales)."""
-    moved = np.moveaxis(weight.astype(np.float32), axis, 0)
-    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    scales = np.maximum(amax / 127.0, _MIN_SCALE).astype(np.float32)
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    values = np.clip(np.round(weight / scales.reshape(shape)), -127, 127).astype(np.int8)
-    return values, scales
 
 
 def quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

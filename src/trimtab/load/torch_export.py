@@ -4,7 +4,8 @@ torch is an optional extra, so it is imported inside the function, never at modu
 
 The legacy TorchScript exporter (`dynamo=False`) is tried first: in torch 2.13 it still exports
 EfficientNet and BERT-style encoders in about a second, with named dynamic axes and no external
-data files. Where a future torch drops it, the torch.export-based exporter (onnxscript) is used.
+data files. Where it fails (or a future torch drops it), the torch.export-based exporter
+(onnxscript) is tried; it may raise the opset to 18, its lowest.
 """
 
 from __future__ import annotations
@@ -102,16 +103,18 @@ def _dynamic_axes(example_inputs, output_names, dynamic_batch, sequence_inputs) 
 
 
 def _export_to_proto(module, example_inputs, output_names, axes, opset) -> onnx.ModelProto:
-    import torch
-
+    """Legacy exporter first; the dynamo one where it is missing or fails (one error names both)."""
     try:
         return _export_legacy(module, example_inputs, output_names, axes, opset)
-    except TypeError as exc:
-        # A torch without the TorchScript exporter rejects dynamo=False/dynamic_axes.
-        if "dynamo" not in str(exc) and "dynamic_axes" not in str(exc):
-            raise
-        log.info("torch %s has no legacy ONNX exporter; using the dynamo exporter", torch.__version__)
-    return _export_dynamo(module, example_inputs, output_names, axes, opset)
+    except Exception as legacy_error:  # noqa: BLE001 - any failure: try the other exporter
+        log.info("TorchScript ONNX exporter failed (%s); trying the dynamo exporter", legacy_error)
+        try:
+            return _export_dynamo(module, example_inputs, output_names, axes, opset)
+        except Exception as dynamo_error:
+            raise RuntimeError(
+                f"TorchScript exporter: {type(legacy_error).__name__}: {legacy_error}; "
+                f"dynamo exporter: {type(dynamo_error).__name__}: {dynamo_error}"
+            ) from dynamo_error
 
 
 def _export_legacy(module, example_inputs, output_names, axes, opset) -> onnx.ModelProto:
