@@ -44,7 +44,10 @@ def main(artifact: str, feeds_path: str, threads: int) -> dict:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(artifact, options, providers=["CPUExecutionProvider"])
+    # same as OrtCpuBackend: a float node must stay float (see backends/ort_cpu.py)
+    session = ort.InferenceSession(
+        artifact, options, providers=["CPUExecutionProvider"], disabled_optimizers=["WeightBiasQuantization"]
+    )
     wanted = {i.name for i in session.get_inputs()}
     session.run(None, {name: array for name, array in feeds.items() if name in wanted})
 
