@@ -58,3 +58,9 @@ def test_errors_carry_hints():
     error = trimtab.InvalidDataError("folder 'x' is empty", hint="put images in it")
     assert isinstance(error, trimtab.TrimtabError)
     assert "hint: put images in it" in str(error)
+
+
+def test_tune_is_the_function_not_a_module():
+    import trimtab.pipeline  # noqa: F401  (importing a submodule must not shadow the API name)
+
+    assert callable(trimtab.tune)

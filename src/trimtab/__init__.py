@@ -27,7 +27,7 @@ _LAZY = {
     "Model": "trimtab.load",
     "PrecisionPlan": "trimtab.build.plan",
     "Summary": "trimtab.report.summary",
-    "TuneConfig": "trimtab.tune",
+    "TuneConfig": "trimtab.pipeline",
     "build_fp16": "trimtab.build",
     "build_fp32": "trimtab.build",
     "build_int8": "trimtab.build",
@@ -35,7 +35,7 @@ _LAZY = {
     "get_example": "trimtab.examples",
     "list_examples": "trimtab.examples",
     "load_model": "trimtab.load",
-    "tune": "trimtab.tune",
+    "tune": "trimtab.pipeline",
 }
 
 __all__ = sorted(

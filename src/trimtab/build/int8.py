@@ -190,6 +190,9 @@ def _select(index: GraphIndex, ranges, spec: _FlavourSpec, plan: PrecisionPlan, 
         if op in spec.passthrough_ops:
             _select_passthrough(node, selection, can_carry_qdq)
             continue
+        if op not in WEIGHTED_OPS and not _joins_quantized_region(node, index, selection):
+            selection.skipped[_label(node)] = "inputs come from float ops (int8 here would only add error)"
+            continue
         quant, reason = _plan_node(node, index, spec, quantizable)
         if quant is None:
             selection.skipped[_label(node)] = reason
@@ -199,7 +202,48 @@ def _select(index: GraphIndex, ranges, spec: _FlavourSpec, plan: PrecisionPlan, 
             selection.tensors.setdefault(name, name)
         if quant.output:
             selection.tensors.setdefault(quant.output, quant.output)
+    _drop_unread_outputs(selection)
     return selection
+
+
+def _joins_quantized_region(node, index: GraphIndex, selection: _Selection) -> bool:
+    """An op without weights (Add, Mul, Concat, pools, Sigmoid) gains from int8 only inside a
+    quantized region: each of its activation inputs must already be quantized or come from a
+    quantized op (through Relu/Clip and layout ops). A residual Add of a CNN qualifies; the
+    Adds, Muls and GELU pieces of a transformer, whose inputs come from float ops (bias Adds,
+    LayerNorm, Erf), do not: quantizing them costs a Q/DQ and accuracy and saves nothing."""
+    for name in node.input:
+        if not name or index.is_constant(name):
+            continue
+        if not _quantized_source(name, index, selection):
+            return False
+    return True
+
+
+def _quantized_source(name: str, index: GraphIndex, selection: _Selection) -> bool:
+    while name not in selection.tensors:
+        producer = index.producer.get(name)
+        if producer is None:
+            return False
+        if id(producer) in selection.nodes:
+            return True
+        if producer.op_type not in ACTIVATIONS_TO_FOLD | LAYOUT_OPS:
+            return False
+        name = producer.input[0]
+    return True
+
+
+def _drop_unread_outputs(selection: _Selection) -> None:
+    """A MatMul/Gemm whose output no quantized op reads keeps that output float (ONNX Runtime
+    fuses DQ -> MatMul into MatMulIntegerToFloat / QGemm with float output): a Q/DQ there
+    would only round the result once more before a float op (e.g. the bias Add of an exported
+    transformer) reads it."""
+    read = {name for quant in selection.nodes.values() for name in quant.activations}
+    for quant in selection.nodes.values():
+        if quant.node.op_type in ("Gemm", "MatMul") and quant.output and quant.output not in read:
+            if selection.tensors.get(quant.output) == quant.output:
+                del selection.tensors[quant.output]
+            quant.output, quant.folded = None, None
 
 
 def _select_passthrough(node, selection: _Selection, can_carry_qdq) -> None:
@@ -235,9 +279,10 @@ def _plan_node(node, index: GraphIndex, spec: _FlavourSpec, quantizable) -> tupl
 def _plan_weighted(node, index: GraphIndex, quantizable) -> tuple[_NodeQuant | None, str]:
     op, inputs = node.op_type, list(node.input)
     if op == "MatMul" and not index.is_constant(inputs[1]):
-        if all(quantizable(name) for name in inputs):  # activation x activation (attention)
-            return _NodeQuant(node, activations=inputs), ""
-        return None, "inputs have no range or are excluded"
+        # Activation x activation (attention scores Q.K^T, softmax.V): both operands would be
+        # quantized per tensor from calibration, the softmax input carries the mask and its
+        # output spans many decades; ONNX Runtime gains little there. It stays float.
+        return None, "activation x activation MatMul (e.g. attention) stays float"
     if not quantizable(inputs[0]):
         return None, f"input {inputs[0]!r} has no range or is excluded"
     if len(inputs) < 2 or not index.is_constant(inputs[1]):
@@ -367,6 +412,11 @@ class _QdqRewriter:
         self.weight_axes: dict[str, int | None] = {}
 
     def rewrite(self, selection: _Selection) -> dict[str, str]:
+        # Tensors a quantized op writes (its output Q closes the group): every consumer must
+        # read the DQ, else ONNX Runtime cannot fuse the group. A tensor that a float op writes
+        # and only quantized ops' inputs quantize stays float for its float consumers (a
+        # transformer's residual Add keeps the exact LayerNorm output).
+        self.group_outputs = {quant.output for quant in selection.nodes.values() if quant.output}
         new_nodes = []
         for name in self.index.graph_inputs:
             if name in self.params:
@@ -396,7 +446,7 @@ class _QdqRewriter:
                 extra += bias_nodes
             node.input[position] = weight_dq
         for i, name in enumerate(node.input):
-            if name in self.dq_of:
+            if name in self.dq_of and (quant is not None or name in self.group_outputs):
                 node.input[i] = self.dq_of[name]
         return extra + [node]
 

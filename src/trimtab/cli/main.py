@@ -141,7 +141,7 @@ class _Bars:
 
 def _run_tune(model: str, calib, val, *, out: Path, budget: float, task, metric, target, methods,
               batch_size: int, threads, bench_seconds: float, preset, progress, verbose: int) -> None:
-    from trimtab.tune import TuneConfig, tune
+    from trimtab.pipeline import TuneConfig, tune
 
     _setup_logging(verbose)
     config = TuneConfig(
@@ -242,7 +242,7 @@ def calibrate_cmd(
 ) -> None:
     """Compute activation ranges (histograms cached) and write them, plus a TensorRT-format cache."""
     from trimtab.load import load_model
-    from trimtab.tune import RunFolder, TuneConfig, _calibrate_all, _resolve_setup
+    from trimtab.pipeline import RunFolder, TuneConfig, _calibrate_all, _resolve_setup
 
     _setup_logging(verbose)
     config = TuneConfig(methods=tuple(method) if method else tuple(CalibrationMethod))
@@ -323,7 +323,7 @@ def eval_cmd(
     from trimtab.backends import get_backend
     from trimtab.load import load_model
     from trimtab.measure import collect_outputs, evaluate
-    from trimtab.tune import TuneConfig, _resolve_setup
+    from trimtab.pipeline import TuneConfig, _resolve_setup
 
     _setup_logging(verbose)
     data = _open_data(val, reference, preset, "validation")

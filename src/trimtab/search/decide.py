@@ -14,6 +14,7 @@ class CandidateScore:
     drop_points: float  # metric drop vs fp32 in points (100 x fraction); negative = better
     throughput_per_s: float
     ci95: tuple[float, float] | None = None  # of the drop, in points
+    speedup: float | None = None  # vs the baseline, median of per-round ratios (interleaved timing)
 
 
 def within_budget(drop_points: float, budget_points: float) -> bool:
@@ -43,7 +44,8 @@ def _reason(best: CandidateScore, base: CandidateScore | None, all_: list[Candid
     ]
     speed = ""
     if base is not None and base.throughput_per_s > 0 and best.name != base.name:
-        speed = f" at {best.throughput_per_s / base.throughput_per_s:.2f}x the fp32 throughput"
+        ratio = best.speedup if best.speedup else best.throughput_per_s / base.throughput_per_s
+        speed = f" at {ratio:.2f}x the fp32 throughput"
     sentence = (
         f"{best.name} is the fastest candidate within the {budget:g}-point budget"
         f" (drop {best.drop_points:+.2f} points{_ci_text(best.ci95)}){speed}"

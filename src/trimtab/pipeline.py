@@ -347,6 +347,7 @@ def _summarise(model, candidates, setup, config: TuneConfig, folder: RunFolder, 
             drop_points=c.evaluation.drop_points,
             throughput_per_s=c.bench.throughput_per_s,
             ci95=tuple(c.evaluation.ci95),
+            speedup=c.bench.speedup,
         )
         for c in candidates
     ]
