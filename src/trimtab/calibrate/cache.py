@@ -59,6 +59,13 @@ class Calibration:
     from_cache: bool = False
     histograms_path: str | None = None
 
+    @property
+    def float_tensors(self) -> frozenset[str]:
+        """Tensors the int8 build must keep float: every tensor in which a sentinel was seen
+        (an attention mask's -3.4e38 and whatever adds it), dominated or not. Pass it as
+        `build_int8(..., skip_tensors=calibration.float_tensors)`."""
+        return frozenset(self.sentinel_tensors) | frozenset(self.dominated_tensors)
+
     def to_json(self) -> dict:
         return {
             "method": self.method,

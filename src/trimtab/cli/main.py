@@ -15,6 +15,8 @@ from typing import Optional
 import typer
 
 from trimtab.errors import TrimtabError
+
+log = logging.getLogger("trimtab.cli")
 from trimtab.options import CalibrationMethod, Int8Flavour, Precision, Target, Task
 
 app = typer.Typer(
@@ -77,18 +79,37 @@ ProgressOpt = typer.Option(None, "--progress/--no-progress", help="Progress bars
 
 
 def _open_data(path: Optional[Path], model_source: str, preset: Optional[str], role: str):
-    """A Dataset for a CLI path, with the example's preprocessing when tuning an example."""
+    """A Dataset for a CLI path. Preprocessing: the example's own for an example; else, for image
+    folders, the preset (default imagenet) fitted to the model's input name, size and channels."""
     if path is None:
         return None
-    from trimtab.data import open_dataset, transform_from_options
+    from trimtab.data import open_dataset
 
-    transform = transform_from_options(preset=preset) if preset else _example_transform(model_source)
-    return open_dataset(path, transform, name=role)
+    if model_source.startswith("example:") and not preset:
+        return open_dataset(path, _example_transform(model_source), name=role)
+    if Path(path).is_dir():
+        return open_dataset(path, _image_transform_for(model_source, preset), name=role)
+    return open_dataset(path, None, name=role)
+
+
+def _image_transform_for(model_source: str, preset: Optional[str]):
+    """The preset with the model's input name, and its spatial size and channels when static."""
+    from trimtab.data import transform_from_options
+    from trimtab.load import load_model
+
+    model = load_model(model_source)
+    name = model.input_names[0]
+    dims = model.input_shapes()[name]
+    size = channels = None
+    if len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        channels, height, width = dims[1:]
+        size = height if height == width else None
+    if preset is None:
+        log.warning("no --preset given for image data: using 'imagenet' preprocessing (mean/std, 224 crop)")
+    return transform_from_options(preset=preset, input_name=name, size=size, channels=channels)
 
 
 def _example_transform(model_source: str):
-    if not model_source.startswith("example:"):
-        return None
     from trimtab.examples import get_example
 
     example = get_example(model_source.split(":", 1)[1])
