@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from measure_models import StandInDataset
+from tests.measure.measure_models import StandInDataset
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from measure_models import matmul_chain
+from tests.measure.measure_models import matmul_chain
 
 from trimtab.backends.ort_cpu import OrtCpuBackend
 from trimtab.errors import InvalidModelError
