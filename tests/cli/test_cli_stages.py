@@ -65,8 +65,11 @@ def test_eval_and_bench(workspace):
     rows = [line.split() for line in stdout.splitlines()[1:]]
     assert len(rows) == 2
     assert all(0.9 < float(row[1]) <= 1.0 for row in rows)  # cosine to fp32
-    stdout = _trimtab("bench", workspace / "tiny.onnx", workspace / "int8.onnx", "--seconds", "1")
-    assert len(stdout.splitlines()) == 3 and "1.00x" in stdout.splitlines()[1]
+    stdout = _trimtab("bench", workspace / "tiny.onnx", workspace / "int8.onnx", "--seconds", "1",
+                      "--batch-size", "1", "--batch-size", "4")
+    rows = [line.split() for line in stdout.splitlines()[1:]]
+    assert [(row[0], row[1]) for row in rows] == [("0:tiny", "1"), ("1:int8", "1"), ("0:tiny", "4"), ("1:int8", "4")]
+    assert rows[0][-1] == "1.00x" and rows[2][-1] == "1.00x"
 
 
 def test_tune_on_a_user_model(workspace):

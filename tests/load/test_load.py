@@ -131,3 +131,34 @@ def test_non_float_inputs_are_accepted():
     )
     model = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     assert model.input_dtypes()["ids"] == np.int64
+
+
+def test_torch_module_is_exported_with_a_dynamic_batch():
+    torch = pytest.importorskip("torch")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)))
+
+    module = Tiny().eval()
+    model = load_model(module, example_inputs={"image": torch.randn(1, 3, 8, 8)})
+    assert model.input_names == ("image",)
+    assert not isinstance(model.input_shapes()["image"][0], int)  # batch axis is dynamic
+    assert "BatchNormalization" not in {node.op_type for node in model.proto.graph.node}
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x})[0]
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_module_without_example_inputs_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(InvalidModelError, match="example inputs"):
+        load_model(torch.nn.Linear(2, 2))

@@ -365,8 +365,8 @@ def eval_cmd(
 @app.command("bench")
 def bench_cmd(
     artifacts: list[Path] = typer.Argument(..., help=".onnx artifacts; the first is the baseline."),
-    batch_size: int = typer.Option(8, help="Batch size."),
-    seconds: float = typer.Option(20.0, help="Total interleaved timing time."),
+    batch_size: list[int] = typer.Option([8], "--batch-size", help="Batch size (repeat for a sweep)."),
+    seconds: float = typer.Option(20.0, help="Interleaved timing time per batch size."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads."),
     verbose: int = VerboseOpt,
 ) -> None:
@@ -376,19 +376,20 @@ def bench_cmd(
     from trimtab.measure import bench_interleaved
 
     _setup_logging(verbose)
-    feeds = _random_feeds(load_model(artifacts[0]), batch_size)
+    reference = load_model(artifacts[0])
     names = [f"{i}:{p.stem}" for i, p in enumerate(artifacts)]
     backends = {n: get_backend("ort-cpu", str(p), threads=threads).prepare() for n, p in zip(names, artifacts)}
+    typer.echo(f"{'artifact':<32} {'batch':>5} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'speedup':>8}")
     try:
-        results = bench_interleaved(backends, feeds, baseline=names[0], min_seconds=seconds)
+        for size in batch_size:
+            results = bench_interleaved(backends, _random_feeds(reference, size), baseline=names[0], min_seconds=seconds)
+            for name in names:
+                r = results[name]
+                typer.echo(f"{name:<32} {size:>5} {r.throughput_per_s:>9.1f} {r.latency_ms['p50']:>8.2f} "
+                           f"{r.latency_ms['p99']:>8.2f} {r.speedup:>7.2f}x")
     finally:
         for backend in backends.values():
             backend.close()
-    typer.echo(f"{'artifact':<32} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8} {'speedup':>8}")
-    for name in names:
-        r = results[name]
-        typer.echo(f"{name:<32} {r.throughput_per_s:>9.1f} {r.latency_ms['p50']:>8.2f} {r.latency_ms['p99']:>8.2f} "
-                   f"{r.speedup:>7.2f}x")
 
 
 def _random_feeds(model, batch_size: int) -> dict:
