@@ -159,6 +159,46 @@ def _non_finite_error(name: str, x: np.ndarray, sources: Sequence[str]) -> Calib
     )
 
 
+class ChannelRange:
+    """Running signed min and max of one tensor per channel of its last axis (the input
+    features of a MatMul/Gemm that reads it): two float64 vectors of C values, whatever the
+    number of samples. SmoothQuant-style smoothing needs max |x_c| = max(-min_c, max_c).
+    Sentinel values (|v| >= 1e30) are left out, as in the histograms."""
+
+    def __init__(self, name: str, channels: int) -> None:
+        if channels < 1:
+            raise ValueError(f"a channel range needs at least one channel, got {channels}")
+        self.name = name
+        self.min = np.full(channels, np.inf)
+        self.max = np.full(channels, -np.inf)
+
+    @property
+    def channels(self) -> int:
+        return self.min.size
+
+    @property
+    def amax(self) -> np.ndarray:
+        """max |x_c| per channel (0 for a channel that held no value)."""
+        seen = np.isfinite(self.min)
+        return np.where(seen, np.maximum(-self.min, self.max), 0.0)
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 0 or x.shape[-1] != self.channels:
+            raise ValueError(f"tensor '{self.name}': expected last axis {self.channels}, got shape {x.shape}")
+        rows = x.reshape(-1, self.channels)
+        if rows.size == 0:
+            return
+        flagged = np.abs(rows) >= SENTINEL_ABS
+        if flagged.any():
+            low = np.where(flagged, np.inf, rows).min(axis=0)
+            high = np.where(flagged, -np.inf, rows).max(axis=0)
+        else:
+            low, high = rows.min(axis=0), rows.max(axis=0)
+        np.minimum(self.min, low, out=self.min)
+        np.maximum(self.max, high, out=self.max)
+
+
 class HistogramSet:
     """The histograms of all calibrated tensors, in the order they were first seen, plus metadata.
 
@@ -170,6 +210,14 @@ class HistogramSet:
         self.bins = bins
         self.meta: dict = dict(meta or {})
         self._hists: dict[str, TensorHistogram] = {}
+        # Optional per-channel statistic of MatMul/Gemm inputs (see ChannelRange).
+        self.channels: dict[str, ChannelRange] = {}
+
+    def update_channels(self, name: str, x: np.ndarray) -> None:
+        channel_range = self.channels.get(name)
+        if channel_range is None:
+            channel_range = self.channels[name] = ChannelRange(name, int(np.shape(x)[-1]))
+        channel_range.update(x)
 
     def update(self, name: str, x: np.ndarray, sources: Sequence[str] = ()) -> None:
         hist = self._hists.get(name)
@@ -222,6 +270,19 @@ class HistogramSet:
             "maxs": np.array([h.max for h in hists], dtype=np.float64),
             "totals": np.array([h.count for h in hists], dtype=np.int64),
             "sentinels": np.array([h.sentinel_count for h in hists], dtype=np.int64),
+            **self._channel_arrays(),
+        }
+
+    def _channel_arrays(self) -> dict[str, np.ndarray]:
+        """Channel ranges as flat arrays (names, sizes, concatenated mins and maxs); none if empty."""
+        ranges = list(self.channels.values())
+        if not ranges:
+            return {}
+        return {
+            "channel_names": np.array([r.name for r in ranges], dtype=np.str_),
+            "channel_sizes": np.array([r.channels for r in ranges], dtype=np.int64),
+            "channel_mins": np.concatenate([r.min for r in ranges]),
+            "channel_maxs": np.concatenate([r.max for r in ranges]),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -264,4 +325,11 @@ class HistogramSet:
             hist.count = int(arrays["totals"][i])
             hist.sentinel_count = int(arrays["sentinels"][i])
             result.add(hist)
+        if "channel_names" in arrays:
+            offsets = np.concatenate([[0], np.cumsum(arrays["channel_sizes"])])
+            for i, name in enumerate(arrays["channel_names"].tolist()):
+                channel_range = ChannelRange(name, int(arrays["channel_sizes"][i]))
+                channel_range.min = arrays["channel_mins"][offsets[i]:offsets[i + 1]].astype(np.float64)
+                channel_range.max = arrays["channel_maxs"][offsets[i]:offsets[i + 1]].astype(np.float64)
+                result.channels[name] = channel_range
         return result
