@@ -367,7 +367,32 @@ def _summarise(model, candidates, setup, config: TuneConfig, folder: RunFolder, 
         reason=reason,
         timings_s=dict(timer.seconds),
         command=command,
+        notes=_notes(candidates, setup, config),
     )
+
+
+def _notes(candidates: list[Measured], setup: dict, config: TuneConfig) -> list[str]:
+    """Plain-language observations a person should see beside the table."""
+    notes = []
+    n = candidates[0].evaluation.n_samples
+    if setup["metric"] in ("top1", "top5", "agreement") and n and 100.0 / n > config.budget:
+        notes.append(
+            f"The validation set has {n} samples: one changed prediction moves the metric by {100.0 / n:.2f} points, "
+            f"more than the {config.budget:g}-point budget. Use more validation data for a finer decision."
+        )
+    for c in candidates:
+        if c.artifact.precision == "fp16" and c.bench.speedup < 0.95:
+            notes.append(
+                f"fp16 runs at {c.bench.speedup:.2f}x fp32 on this target: most CPUs have no fast fp16 kernels, "
+                "so fp16 pays only on GPUs."
+            )
+        low, high = c.evaluation.ci95
+        if c.evaluation.drop_points <= config.budget < high:
+            notes.append(
+                f"{c.artifact.name}: the drop's 95% interval reaches {high:.2f} points, over the budget; "
+                "the evidence that it is within budget is weak."
+            )
+    return notes
 
 
 def _candidate_row(c: Measured, folder: RunFolder, ok: bool) -> dict:

@@ -3,7 +3,9 @@
     build_fp32(model)                                   -> Artifact (the prepared model as is)
     build_fp16(model, plan=None)                        -> Artifact (Casts, risky ops kept fp32)
     build_int8(model, ranges, flavour, *, plan=None,
-               method_name=None, skip_tensors=...)      -> Artifact (Q/DQ placed per flavour)
+               method_name=None, skip_tensors=...,
+               smoothing=None)                          -> Artifact (Q/DQ placed per flavour)
+    Smoothing(calibration.channels, alpha=0.75)         SmoothQuant-style outlier migration for build_int8
     check_tensorrt_qdq(proto)                           -> list[Finding] (TensorRT's Q/DQ rules)
     PrecisionPlan                                       which precision each node gets, as data
 """
@@ -13,6 +15,7 @@ from trimtab.build.fp16 import build_fp16
 from trimtab.build.fp32 import build_fp32
 from trimtab.build.int8 import build_int8
 from trimtab.build.plan import MatchKind, PlanRule, PrecisionPlan
+from trimtab.build.smooth import Smoothing
 from trimtab.build.trt_rules import Finding, check_tensorrt_qdq
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "MatchKind",
     "PlanRule",
     "PrecisionPlan",
+    "Smoothing",
     "build_fp16",
     "build_fp32",
     "build_int8",

@@ -52,6 +52,7 @@ from trimtab.build._graph import (
 )
 from trimtab.build.artifact import Artifact
 from trimtab.build.plan import PrecisionPlan
+from trimtab.build.smooth import Smoothing, apply_smoothing
 from trimtab.calibrate import weights
 from trimtab.options import Int8Flavour, Precision
 
@@ -124,10 +125,13 @@ def build_int8(
     plan: PrecisionPlan | None = None,
     method_name: str | None = None,
     skip_tensors: set[str] | frozenset[str] = frozenset(),
+    smoothing: Smoothing | None = None,
 ) -> Artifact:
     """Insert Q/DQ into a copy of `model` (a prepared Model) using `ranges` (tensor name ->
     TensorRange) placed for `flavour`. `method_name` names the calibration method that produced
-    the ranges (kept in the artifact and its name)."""
+    the ranges (kept in the artifact and its name). `skip_tensors` stay float (pass
+    `Calibration.float_tensors`: attention masks). `smoothing` first moves activation outlier
+    channels of MatMul inputs into the weights (`trimtab.build.smooth`; name suffix `-smooth`)."""
     try:
         flavour = Int8Flavour(flavour)
     except ValueError:
@@ -137,8 +141,13 @@ def build_int8(
     plan = plan or PrecisionPlan.uniform(Precision.INT8)
     proto = copy_model(model.proto)
     folded_pads = fold_zero_pads(proto.graph)
+    skip = frozenset(skip_tensors)
+    smoothed: dict[str, str] = {}
+    if smoothing is not None:
+        new_ranges, smoothed = apply_smoothing(proto.graph, smoothing, lambda name: name in ranges and name not in skip)
+        ranges = {**ranges, **new_ranges}
     index = GraphIndex(proto.graph)
-    selection = _select(index, ranges, spec, plan, frozenset(skip_tensors))
+    selection = _select(index, ranges, spec, plan, skip)
     params = _tensor_params(selection, ranges, spec)
     rewriter = _QdqRewriter(proto.graph, index, params)
     tensor_map = rewriter.rewrite(selection)
@@ -146,11 +155,13 @@ def build_int8(
         onnx.checker.check_model(proto)
     notes = _notes(selection, flavour, rewriter)
     notes["folded_pads"] = folded_pads
+    notes["smoothed"] = smoothed
+    notes["smoothing_alpha"] = smoothing.alpha if smoothing is not None else None
     logger.info("int8 %s: %d nodes quantized, %d left float", flavour.value, len(notes["quantized"]),
                 len(selection.skipped))
     if not selection.nodes:
         logger.warning("int8 %s: no node was quantized (do the ranges name this model's tensors?)", flavour.value)
-    suffix = f"-{method_name}" if method_name else ""
+    suffix = (f"-{method_name}" if method_name else "") + ("-smooth" if smoothing is not None else "")
     return Artifact(
         name=f"int8{suffix}-{flavour.value}",
         precision=Precision.INT8.value,

@@ -7,8 +7,8 @@ clipping range per tensor by minmax / entropy (KL) / percentile / mse; cache his
 """
 
 from trimtab.calibrate.cache import Calibration, cache_folder, calibrate, clipped_fraction, load_histograms
-from trimtab.calibrate.collect import collect_histograms, quantizable_tensors
-from trimtab.calibrate.histogram import HistogramSet, TensorHistogram
+from trimtab.calibrate.collect import collect_histograms, matmul_inputs, quantizable_tensors
+from trimtab.calibrate.histogram import ChannelRange, HistogramSet, TensorHistogram
 from trimtab.calibrate.methods import (
     amax_for,
     compute_ranges,
@@ -29,6 +29,7 @@ from trimtab.calibrate.weights import (
 
 __all__ = [
     "Calibration",
+    "ChannelRange",
     "HistogramSet",
     "TensorHistogram",
     "TensorRange",
@@ -41,6 +42,7 @@ __all__ = [
     "dequantize",
     "entropy_amax",
     "load_histograms",
+    "matmul_inputs",
     "minmax_amax",
     "mse_amax",
     "percentile_amax",

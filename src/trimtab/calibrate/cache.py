@@ -24,7 +24,7 @@ import numpy as np
 
 from trimtab._io import atomic_write_json
 from trimtab.calibrate.collect import DatasetLike, Progress, collect_histograms
-from trimtab.calibrate.histogram import HistogramSet, TensorHistogram
+from trimtab.calibrate.histogram import ChannelRange, HistogramSet, TensorHistogram
 from trimtab.calibrate.methods import DEFAULT_PERCENTILE, compute_ranges
 from trimtab.calibrate.ranges import TensorRange
 from trimtab.errors import CalibrationError
@@ -45,6 +45,7 @@ class Calibration:
     `sentinel_tensors` saw values |x| >= 1e30 (masks); `dominated_tensors` are mostly such values
     and should stay float. `clipped[name]` is the fraction of the tensor's values above `amax`.
     `from_cache` tells whether this call reused histograms instead of running the data.
+    `channels[name]` holds per-channel min/max of each MatMul/Gemm input (for `trimtab.build.Smoothing`).
     """
 
     method: str
@@ -58,6 +59,7 @@ class Calibration:
     clipped: dict[str, float] = field(default_factory=dict)
     from_cache: bool = False
     histograms_path: str | None = None
+    channels: dict[str, ChannelRange] = field(default_factory=dict)
 
     @property
     def float_tensors(self) -> frozenset[str]:
@@ -78,6 +80,7 @@ class Calibration:
             "ranges": {name: {"amax": r.amax, "min": r.min, "max": r.max} for name, r in self.ranges.items()},
             "clipped": dict(self.clipped),
             "histograms_path": self.histograms_path,
+            "channels": {name: {"min": c.min.tolist(), "max": c.max.tolist()} for name, c in self.channels.items()},
         }
 
     @classmethod
@@ -93,6 +96,7 @@ class Calibration:
             dominated_tensors=list(data.get("dominated_tensors", [])),
             clipped={k: float(v) for k, v in data.get("clipped", {}).items()},
             histograms_path=data.get("histograms_path"),
+            channels={name: _channel_range(name, c) for name, c in data.get("channels", {}).items()},
         )
 
     def save(self, path: str | Path) -> Path:
@@ -101,6 +105,15 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _channel_range(name: str, data: dict) -> ChannelRange:
+    channel_range = ChannelRange(name, len(data["min"]))
+    channel_range.min = np.asarray(data["min"], dtype=np.float64)
+    channel_range.max = np.asarray(data["max"], dtype=np.float64)
+    if channel_range.max.shape != channel_range.min.shape:
+        raise ValueError(f"channel range of {name!r}: min and max differ in length")
+    return channel_range
 
 
 def calibrate(
@@ -156,8 +169,10 @@ def load_histograms(path: str | Path, model_sha256: str, data_fingerprint: str) 
 def _histograms(model, dataset, path: Path, fingerprint: str, batch_size: int, progress):
     if path.exists():
         hist_set = load_histograms(path, model.sha256, fingerprint)
-        log.info("calibration histograms from cache: %s", path)
-        return hist_set, True
+        if hist_set.meta.get("channel_stats"):
+            log.info("calibration histograms from cache: %s", path)
+            return hist_set, True
+        log.info("cached histograms %s predate per-channel statistics; recollecting", path)
     hist_set = collect_histograms(model, dataset, batch_size=batch_size, progress=progress)
     hist_set.meta["data_fingerprint"] = fingerprint
     hist_set.save(path)
@@ -214,6 +229,7 @@ def _make_calibration(hist_set, method, percentile, model_sha256, fingerprint) -
         sentinel_tensors=hist_set.sentinel_tensors(),
         dominated_tensors=hist_set.dominated_tensors(),
         clipped={name: clipped_fraction(hist_set[name], r.amax) for name, r in ranges.items()},
+        channels=dict(hist_set.channels),
     )
 
 

@@ -4,6 +4,10 @@ The model runs on ONNX Runtime's CPU provider with graph optimisation disabled, 
 tensors keep the names the ONNX file gives them (the builder places Q/DQ by those names).
 Each batch's tensors are folded into the histograms one at a time and released at once:
 memory holds one batch of activations, never the data set's.
+
+The inputs of weight-bearing MatMul/Gemm nodes also get a per-channel min/max over their last
+axis (`HistogramSet.channels`, C values each): the statistic SmoothQuant-style smoothing needs
+to move activation outlier channels into the weights (`trimtab.build.Smoothing`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,23 @@ def quantizable_tensors(proto: onnx.ModelProto) -> list[str]:
     return names
 
 
+def matmul_inputs(proto: onnx.ModelProto) -> list[str]:
+    """The activation inputs of MatMul/Gemm nodes with a constant 2-D weight (Gemm without
+    transA): the tensors whose channels (last axis) are the weight's input rows."""
+    initialisers = {init.name: init for init in proto.graph.initializer}
+    names = []
+    for node in proto.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        weight = initialisers.get(node.input[1])
+        if weight is None or len(weight.dims) != 2 or node.input[0] in initialisers:
+            continue
+        if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+            continue
+        names.append(node.input[0])
+    return list(dict.fromkeys(names))
+
+
 def collect_histograms(
     model: Model,
     dataset: DatasetLike,
@@ -75,10 +96,13 @@ def collect_histograms(
     batch_size: int = 8,
     tensors: Sequence[str] | None = None,
     progress: Progress | None = None,
+    channel_stats: bool = True,
 ) -> HistogramSet:
     """Run `model` over `dataset` once and return a histogram of |x| per float32 tensor.
 
     `tensors` restricts the pass to these names (default: `quantizable_tensors`).
+    `channel_stats` also records per-channel min/max of the calibrated MatMul/Gemm inputs
+    (`matmul_inputs`) in `HistogramSet.channels`.
     `progress(done, total)` is called after each batch, counted in samples.
     Raises CalibrationError on an empty data set, an unknown tensor name, or NaN/Inf in a tensor
     (naming the tensor and the samples of the batch).
@@ -90,7 +114,9 @@ def collect_histograms(
     names = _resolve_tensors(model.proto, tensors)
     inputs = {v.name for v in model.proto.graph.input}
     extra = [name for name in names if name not in inputs]
-    hist_set = HistogramSet(meta={"model_sha256": model.sha256, "batch_size": batch_size})
+    hist_set = HistogramSet(meta={"model_sha256": model.sha256, "batch_size": batch_size,
+                                  "channel_stats": bool(channel_stats)})
+    channels = set(matmul_inputs(model.proto)) & set(names) if channel_stats else set()
     total = len(dataset)
     done = 0
     log.info("calibrating %d tensors of %s over %d samples", len(names), model.name, total)
@@ -98,7 +124,7 @@ def collect_histograms(
     with backend:
         for batch in dataset.batches(batch_size):
             outputs = backend.infer(batch.inputs)
-            _fold_batch(hist_set, names, batch, outputs)
+            _fold_batch(hist_set, names, batch, outputs, channels)
             del outputs
             done += len(batch)
             if progress is not None:
@@ -113,13 +139,16 @@ def collect_histograms(
     return hist_set
 
 
-def _fold_batch(hist_set: HistogramSet, names: list[str], batch: Batch, outputs: dict[str, np.ndarray]) -> None:
+def _fold_batch(hist_set: HistogramSet, names: list[str], batch: Batch, outputs: dict[str, np.ndarray],
+                channels: set[str] = frozenset()) -> None:
     """Histogram each tensor of one batch, releasing each array as soon as it is counted."""
     for name in names:
         array = batch.inputs[name] if name in batch.inputs else outputs.pop(name, None)
         if array is None or array.dtype != np.float32:
             continue  # typed unknown before the run and not float32 after all
         hist_set.update(name, array, batch.sources)
+        if name in channels and array.ndim >= 1 and array.shape[-1] > 0:
+            hist_set.update_channels(name, array)
         del array
 
 
