@@ -53,7 +53,14 @@ from trimtab.calibrate import calibrate
 from trimtab.data import Dataset
 from trimtab.data.dataset import Sample
 from trimtab.load import load_model
-from trimtab.measure import bench_interleaved, collect_outputs, evaluate, sqnr_db, top1_agreement, topk_accuracy
+from trimtab.measure import (
+    bench_interleaved,
+    collect_outputs,
+    evaluate,
+    sqnr_db,
+    top1_agreement,
+    topk_accuracy,
+)
 
 BATCH = 8
 THREADS = 2
@@ -146,7 +153,12 @@ def build_candidates(work: Workload, cache_dir: Path) -> list[Candidate]:
 def ort_quantizer_peer(work: Workload, folder: Path) -> Candidate:
     """ONNX Runtime's own static quantizer on the same calibration data (MinMax, per-channel,
     U8S8, QDQ): the reference our ort-cpu placement must match or beat."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -353,8 +365,9 @@ def run_model(name: str, loader, folder: Path, args) -> tuple[list[str], dict]:
     print("\n".join(lines), flush=True)
     print("  profiling kernels by layer kind", flush=True)
     profile = time_by_layer_kind(work, candidates[0], chosen)
-    lines += [f"Kernel time per batch by layer kind ({name}, {chosen.name}, ONNX Runtime profiler, "
-              "5 runs, not interleaved):", ""] + profile
+    heading = (f"Kernel time per batch by layer kind ({name}, {chosen.name}, ONNX Runtime profiler, "
+               "5 runs, not interleaved):")
+    lines += [heading, ""] + profile
     print("\n".join(profile), flush=True)
     fused = {c.name: fused_ops(c, folder) for c in candidates if c.chosen or c.name.endswith("peer)")}
     return lines, fused
@@ -364,7 +377,10 @@ def environment() -> list[str]:
     import torch
 
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    field_ = lambda key: next((l.split(":", 1)[1].strip() for l in cpuinfo if l.startswith(key)), "?")  # noqa: E731,E741
+
+    def field_(key: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith(key)), "?")
+
     flags = field_("flags").split()
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
     return [f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",

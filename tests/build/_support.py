@@ -177,3 +177,76 @@ def swish_concat_model(seed: int = 0) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [_init(rng, "w1", (4, 3, 3, 3)), _init(rng, "b1", (4,), 0.1), _init(rng, "w2", (5, 8, 1, 1))])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def encoder_block(seed: int = 0, dim: int = 16, hidden: int = 32) -> onnx.ModelProto:
+    """One BERT-style encoder layer as transformers export it: x[N,L,D] and an additive mask
+    `mask`[N,1,L] (0 or -3.4e38) -> LayerNorm (one outlier channel, gamma 12) -> Q/K/V MatMul +
+    bias Add -> scores MatMul(q, k^T) -> Mul(1/sqrt(D)) -> Add(mask) -> Softmax -> MatMul(probs, v)
+    -> out MatMul + bias -> residual Add -> LayerNorm -> FFN1 MatMul + bias -> GELU (Div, Erf,
+    Add, Mul, Mul 0.5) -> FFN2 MatMul + bias -> residual Add -> y."""
+    rng = np.random.default_rng(seed)
+    gamma = np.ones(dim, np.float32)
+    gamma[3] = 12.0  # the LayerNorm outlier channel real encoders have
+    inits = [numpy_helper.from_array(gamma, "ln1_g"), numpy_helper.from_array(np.zeros(dim, np.float32), "ln1_b"),
+             numpy_helper.from_array(np.ones(dim, np.float32), "ln2_g"),
+             numpy_helper.from_array(np.zeros(dim, np.float32), "ln2_b"),
+             numpy_helper.from_array(np.array(1 / np.sqrt(dim), np.float32), "inv_sqrt_d"),
+             numpy_helper.from_array(np.array(np.sqrt(2), np.float32), "sqrt2"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    for name, shape in (("Wq", (dim, dim)), ("Wk", (dim, dim)), ("Wv", (dim, dim)), ("Wo", (dim, dim)),
+                        ("W1", (dim, hidden)), ("W2", (hidden, dim))):
+        inits += [_init(rng, name, shape), _init(rng, f"{name}_b", (shape[1],), 0.1)]
+    mm = lambda name, a, w: [helper.make_node("MatMul", [a, w], [f"{name}_mm"], name=name),  # noqa: E731
+                             helper.make_node("Add", [f"{w}_b", f"{name}_mm"], [f"{name}_out"], name=f"{name}_bias")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "ln1_g", "ln1_b"], ["ln1"], name="ln1", axis=-1)]
+    nodes += mm("q", "ln1", "Wq") + mm("k", "ln1", "Wk") + mm("v", "ln1", "Wv")
+    nodes += [
+        helper.make_node("Transpose", ["k_out"], ["k_t"], name="k_transpose", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q_out", "k_t"], ["scores"], name="scores"),
+        helper.make_node("Mul", ["scores", "inv_sqrt_d"], ["scaled"], name="scale"),
+        helper.make_node("Add", ["scaled", "mask"], ["masked"], name="mask_add"),
+        helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v_out"], ["context"], name="context"),
+    ]
+    nodes += mm("o", "context", "Wo")
+    nodes += [helper.make_node("Add", ["o_out", "ln1"], ["res1"], name="residual1"),
+              helper.make_node("LayerNormalization", ["res1", "ln2_g", "ln2_b"], ["ln2"], name="ln2", axis=-1)]
+    nodes += mm("ffn1", "ln2", "W1")
+    nodes += [helper.make_node("Div", ["ffn1_out", "sqrt2"], ["g_div"], name="gelu_div"),
+              helper.make_node("Erf", ["g_div"], ["g_erf"], name="gelu_erf"),
+              helper.make_node("Add", ["g_erf", "one"], ["g_add"], name="gelu_add"),
+              helper.make_node("Mul", ["ffn1_out", "g_add"], ["g_mul"], name="gelu_mul"),
+              helper.make_node("Mul", ["g_mul", "half"], ["gelu"], name="gelu_half")]
+    nodes += mm("ffn2", "gelu", "W2")
+    nodes += [helper.make_node("Add", ["ffn2_out", "ln2"], ["y"], name="residual2")]
+    graph = helper.make_graph(nodes, "encoder_block",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", dim]),
+                               helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, "L"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", dim])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def encoder_feeds(rng, batch: int = 4, length: int = 6, dim: int = 16) -> dict[str, np.ndarray]:
+    """Inputs for `encoder_block`: the last two keys of every odd sample are padding."""
+    mask = np.zeros((batch, 1, length), np.float32)
+    mask[1::2, :, -2:] = np.finfo(np.float32).min
+    return {"x": rng.standard_normal((batch, length, dim)).astype(np.float32), "mask": mask}
+
+
+def channel_ranges(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], names) -> dict:
+    """Per-channel min/max (last axis) of `names` from one unoptimised run, as calibration records them."""
+    from trimtab.calibrate.histogram import ChannelRange
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(proto)
+    known = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in known)
+    sess = session(exposed, optimize=False)
+    values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    result = {}
+    for name in names:
+        result[name] = ChannelRange(name, values[name].shape[-1])
+        result[name].update(values[name])
+    return result
