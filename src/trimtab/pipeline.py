@@ -253,20 +253,44 @@ def _build_all(model, calibrations: dict, config: TuneConfig, folder: RunFolder)
     if config.include_fp16:
         artifacts.append(build_fp16(model))
     for method, calibration in calibrations.items():
-        artifacts.append(
-            build_int8(
-                model,
-                calibration.ranges,
-                config.flavour,
-                method_name=method.value,
-                skip_tensors=set(getattr(calibration, "sentinel_tensors", ()) or ()),
-            )
-        )
+        skip = set(calibration.float_tensors)
+        artifacts.append(build_int8(model, calibration.ranges, config.flavour, method_name=method.value, skip_tensors=skip))
+    smoothed = _smoothed_candidate(model, calibrations, config)
+    if smoothed is not None:
+        artifacts.append(smoothed)
     measured = []
     for artifact in artifacts:
         path = artifact.save(folder.models / f"{artifact.name}.onnx")
         measured.append(Measured(artifact=artifact, path=path))
     return measured
+
+
+# Smoothing pays on models whose MatMul inputs carry outlier channels (transformers): it is tried
+# once, on the first of these ranges that was calibrated (minmax and mse keep the outlier channels'
+# signal; entropy and percentile clip it: cosine 0.94/0.96 on MiniLM against 0.99).
+_SMOOTHING_METHODS = (CalibrationMethod.MINMAX, CalibrationMethod.MSE)
+_MIN_SMOOTHED_INPUTS = 2  # a CNN's single classifier Gemm is not worth a candidate
+
+
+def _smoothed_candidate(model, calibrations: dict, config: TuneConfig):
+    """An int8 candidate with SmoothQuant-style outlier migration, or None where it does not apply."""
+    from trimtab.build import Smoothing, build_int8
+
+    method = next((m for m in _SMOOTHING_METHODS if m in calibrations), None)
+    if method is None or not calibrations[method].channels:
+        return None
+    calibration = calibrations[method]
+    artifact = build_int8(
+        model,
+        calibration.ranges,
+        config.flavour,
+        method_name=method.value,
+        skip_tensors=set(calibration.float_tensors),
+        smoothing=Smoothing(calibration.channels),
+    )
+    if len(artifact.notes.get("smoothed", {})) < _MIN_SMOOTHED_INPUTS:
+        return None
+    return artifact
 
 
 def _evaluate_all(candidates: list[Measured], setup: dict, config: TuneConfig, progress: Progress | None) -> None:

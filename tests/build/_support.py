@@ -198,8 +198,11 @@ def encoder_block(seed: int = 0, dim: int = 16, hidden: int = 32) -> onnx.ModelP
     for name, shape in (("Wq", (dim, dim)), ("Wk", (dim, dim)), ("Wv", (dim, dim)), ("Wo", (dim, dim)),
                         ("W1", (dim, hidden)), ("W2", (hidden, dim))):
         inits += [_init(rng, name, shape), _init(rng, f"{name}_b", (shape[1],), 0.1)]
-    mm = lambda name, a, w: [helper.make_node("MatMul", [a, w], [f"{name}_mm"], name=name),  # noqa: E731
-                             helper.make_node("Add", [f"{w}_b", f"{name}_mm"], [f"{name}_out"], name=f"{name}_bias")]
+
+    def mm(name, a, w):  # MatMul + bias Add, bias first, as the exporter writes it
+        return [helper.make_node("MatMul", [a, w], [f"{name}_mm"], name=name),
+                helper.make_node("Add", [f"{w}_b", f"{name}_mm"], [f"{name}_out"], name=f"{name}_bias")]
+
     nodes = [helper.make_node("LayerNormalization", ["x", "ln1_g", "ln1_b"], ["ln1"], name="ln1", axis=-1)]
     nodes += mm("q", "ln1", "Wq") + mm("k", "ln1", "Wk") + mm("v", "ln1", "Wv")
     nodes += [

@@ -16,9 +16,9 @@ from tests.build._support import (
     run,
     session,
 )
-from trimtab.build import PrecisionPlan, Smoothing, build_int8
+from trimtab.build import PlanRule, PrecisionPlan, Smoothing, build_int8
 from trimtab.build.qmath import sqnr_db
-from trimtab.build.smooth import smoothing_factors
+from trimtab.build.smooth import apply_smoothing, smoothing_factors
 
 WEIGHTED = ("q", "k", "v", "o", "ffn1", "ffn2")
 DIM = 32
@@ -107,14 +107,20 @@ def test_padding_does_not_change_the_unpadded_rows(encoder):
     np.testing.assert_allclose(padded[1, :-2], alone[0], atol=1e-5)
 
 
-def test_smoothing_is_exact_in_float(encoder):
+def test_smoothing_is_exact_in_float_and_follows_the_plan(encoder):
     model, ranges, calib, check = encoder
     channels = channel_ranges(model.proto, calib, ["ln1", "context", "ln2", "gelu"])
-    artifact = build_int8(model, ranges, "ort-cpu", plan=PrecisionPlan.uniform("fp32"),
-                          smoothing=Smoothing(channels, alpha=0.75))
-    assert set(artifact.notes["smoothed"]) == {"ln1", "context", "ln2", "gelu"}
-    assert artifact.notes["quantized"] == [] and artifact.name.endswith("-smooth-ort-cpu")
-    np.testing.assert_allclose(run(artifact.proto, check)[0], run(model.proto, check)[0], rtol=1e-4, atol=1e-4)
+    smoothing = Smoothing(channels, alpha=0.75, min_outlier_ratio=0.0)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    new_ranges, mapping = apply_smoothing(proto.graph, smoothing, lambda name: True)
+    assert set(mapping) == {"ln1", "context", "ln2", "gelu"} and set(new_ranges) == set(mapping.values())
+    np.testing.assert_allclose(run(proto, check)[0], run(model.proto, check)[0], rtol=1e-4, atol=1e-4)
+    kept = build_int8(model, ranges, "ort-cpu", plan=PrecisionPlan.uniform("fp32"), smoothing=smoothing)
+    assert kept.notes["smoothed"] == {}  # no int8 MatMul: nothing to smooth for
+    some = build_int8(model, ranges, "ort-cpu", plan=PrecisionPlan("int8", (PlanRule("name", "ffn2", "fp32"),)),
+                      smoothing=smoothing)
+    assert set(some.notes["smoothed"]) == {"ln1", "context", "ln2"} and some.name.endswith("-smooth-ort-cpu")
 
 
 def test_smoothing_tames_the_outlier_channel(encoder):
@@ -152,3 +158,24 @@ def test_smoothing_factors_formula_and_validation():
     for alpha in (0.0, 1.0, -0.2):
         with pytest.raises(ValueError):
             Smoothing({}, alpha=alpha)
+    with pytest.raises(ValueError):
+        Smoothing({}, min_outlier_ratio=-1.0)
+    assert Smoothing({}).wants(np.array([1.0, 1.0, 1.0, 3.0])) and not Smoothing({}).wants(np.array([1.0, 2.9, 1.0]))
+    assert not Smoothing({}).wants(np.zeros(4))  # a dead tensor has nothing to move
+
+
+
+def test_smoothing_inserts_one_mul_per_input_with_outliers_and_keeps_the_original(encoder):
+    model, ranges, calib, _ = encoder
+    channels = channel_ranges(model.proto, calib, ["ln1", "context", "ln2", "gelu"])
+    ratios = {name: c.amax.max() / np.median(c.amax) for name, c in channels.items()}
+    assert ratios["ln1"] > 10 and ratios["context"] > 3 > max(ratios["ln2"], ratios["gelu"])
+    artifact = build_int8(model, ranges, "ort-cpu", smoothing=Smoothing(channels))  # min_outlier_ratio 3
+    proto = artifact.proto
+    smooth_muls = [node for node in proto.graph.node if node.op_type == "Mul" and node.name.endswith("_Smooth")]
+    assert sorted(node.input[0] for node in smooth_muls) == ["context", "ln1"] == sorted(artifact.notes["smoothed"])
+    assert _node(proto, "gelu_half").input[1] == "half"  # GELU untouched: ONNX Runtime still fuses it
+    assert artifact.tensor_map["ln1"] == "ln1"  # ln1 itself stays exact: the residual reads it
+    assert _node(proto, "residual1").input[1] == "ln1"
+    for name in ("q", "k", "v"):
+        assert _producer(proto, _node(proto, name).input[0]).op_type == "DequantizeLinear"

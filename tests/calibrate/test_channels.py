@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from trimtab.calibrate import ChannelRange, HistogramSet, matmul_inputs
-from trimtab.calibrate.cache import HISTOGRAMS_FILE, Calibration, cache_folder, calibrate
+from trimtab.calibrate.cache import (
+    HISTOGRAMS_FILE,
+    Calibration,
+    cache_folder,
+    calibrate,
+)
 from trimtab.calibrate.collect import collect_histograms
 
 from .conftest import StandInDataset, make_model, masked_attention

@@ -6,8 +6,18 @@ clipping range per tensor by minmax / entropy (KL) / percentile / mse; cache his
       = collect_histograms (one pass, cached)  ->  compute_ranges (per method, cached)
 """
 
-from trimtab.calibrate.cache import Calibration, cache_folder, calibrate, clipped_fraction, load_histograms
-from trimtab.calibrate.collect import collect_histograms, matmul_inputs, quantizable_tensors
+from trimtab.calibrate.cache import (
+    Calibration,
+    cache_folder,
+    calibrate,
+    clipped_fraction,
+    load_histograms,
+)
+from trimtab.calibrate.collect import (
+    collect_histograms,
+    matmul_inputs,
+    quantizable_tensors,
+)
 from trimtab.calibrate.histogram import ChannelRange, HistogramSet, TensorHistogram
 from trimtab.calibrate.methods import (
     amax_for,

@@ -184,13 +184,13 @@ def _run_tune(model: str, calib, val, *, out: Path, budget: float, task, metric,
 
 
 def _print_summary(summary, out: Path) -> None:
-    typer.echo(f"{'candidate':<24} {summary.metric:>10} {'drop':>7} {'95% CI':>17} {'img/s':>9} {'vs fp32':>8} {'MB':>6}  ok")
+    typer.echo(f"{'candidate':<28} {summary.metric:>10} {'drop':>7} {'95% CI':>17} {'per s':>9} {'vs fp32':>8} {'MB':>6}  ok")
     for c in summary.candidates:
         ratio = f"{c.speedup_vs_fp32:.2f}x" if c.speedup_vs_fp32 else "-"
         ci = f"[{c.metric_ci95[0]:+.2f},{c.metric_ci95[1]:+.2f}]"
         mark = "*" if c.name == summary.chosen else ("y" if c.within_budget else "n")
         typer.echo(
-            f"{c.name:<24} {c.metric_value:>10.4f} {c.metric_drop:>+7.2f} {ci:>17} {c.throughput_per_s:>9.1f} "
+            f"{c.name:<28} {c.metric_value:>10.4f} {c.metric_drop:>+7.2f} {ci:>17} {c.throughput_per_s:>9.1f} "
             f"{ratio:>8} {c.model_bytes / 1e6:>6.1f}  {mark}"
         )
     typer.echo(f"chosen: {summary.chosen}: {summary.reason}")
