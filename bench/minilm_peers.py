@@ -1,7 +1,7 @@
 """MiniLM (all-MiniLM-L6-v2, `example:minilm`) on ONNX Runtime CPU: our int8 candidates vs peers.
 
 One process, batch 8, 2 intra-op threads, every candidate an `OrtCpuBackend` (ORT_ENABLE_ALL,
-WeightBiasQuantization off, thread-pool spinning off), timed interleaved by
+WeightBiasQuantization off, ORT's default thread-pool spinning with a settle pause), timed interleaved by
 `trimtab.measure.bench_interleaved` (order rotated each round; speed-up = median over rounds of
 fp32 time / candidate time in the same round, spread = 10th-90th percentile of those ratios).
 

@@ -35,8 +35,10 @@ class OrtCpuBackend(Backend):
         threads: int | None = None,
         optimize: bool = True,
         extra_outputs: list[str] | None = None,
+        spin: bool = True,
     ) -> None:
         super().__init__(model)
+        self.spin = spin
         self.threads = threads
         self.optimize = optimize
         self.extra_outputs = list(extra_outputs or [])
@@ -47,10 +49,12 @@ class OrtCpuBackend(Backend):
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        # Idle sessions that spin steal the cores from the one being timed when several live in
-        # one process (interleaved benchmarking): EfficientNet-Lite0 int8/fp32 read 1.20x with
-        # spinning and 2.38x without on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Thread-pool spinning stays at ONNX Runtime's default (on), as deployed; several sessions
+        # in one process (interleaved benchmarking) must then not run back to back: an idle
+        # session's spinning threads steal cores (EfficientNet-Lite0 int8/fp32 read 1.20x).
+        # `bench_interleaved` pauses between candidates for that; `spin=False` turns it off.
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1

@@ -79,6 +79,7 @@ def bench_interleaved(
     rounds: int = 10,
     min_seconds: float = 2.0,
     calls_per_round: int = 3,
+    settle_seconds: float = 0.05,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, BenchResult]:
     """Time every backend on the same `feeds`, interleaved; return a BenchResult per name.
@@ -87,6 +88,12 @@ def bench_interleaved(
     the order is rotated by r (no candidate always goes first, after another's cache traffic);
     each candidate makes `calls_per_round` timed `timed_infer` calls, the round's time being
     their median. `progress(rounds_done, rounds)` after each round.
+
+    Before each candidate's turn the loop pauses `settle_seconds` and makes one untimed call:
+    backends keep their runtime's default thread-pool spinning (as deployed), and the pause lets
+    the previous candidate's spinning threads go idle so they do not steal cores from the one
+    being timed (EfficientNet-Lite0, 5 candidates, 2 cores: int8/fp32 1.92-1.99x with spinning
+    off, 2.04x spinning without the pause, 2.10-2.15x with it; one session per process: 2.1x).
     """
     _check_bench_args(backends, feeds, baseline, rounds, calls_per_round)
     names = list(backends)
@@ -98,6 +105,9 @@ def bench_interleaved(
     while done < rounds or time.perf_counter() - start < min_seconds:
         order = names[done % len(names) :] + names[: done % len(names)]
         for name in order:
+            if settle_seconds > 0:
+                time.sleep(settle_seconds)
+            backends[name].timed_infer(feeds)  # untimed: wakes this candidate's threads and caches
             times[name].append([backends[name].timed_infer(feeds)[1] for _ in range(calls_per_round)])
         done += 1
         if progress:
