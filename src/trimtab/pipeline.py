@@ -39,6 +39,7 @@ class TuneConfig:
     calib_limit: int | None = None
     val_limit: int | None = None
     measure_memory: bool = True
+    explain: bool = True  # the cheap explain pass: lint, calibration diagnostics, coverage, layer diff
 
     def __post_init__(self) -> None:
         if not self.budget >= 0:
@@ -175,6 +176,10 @@ def tune(
         with timer("bench"):
             _bench_all(candidates, setup["val"], config, progress)
         summary = _summarise(model, candidates, setup, config, folder, timer, command)
+        if config.explain:
+            with timer("explain"):
+                summary.notes.extend(_explain(model, calibrations, candidates, setup, summary, folder))
+            summary.timings_s = dict(timer.seconds)
         _write_outputs(summary, candidates, folder)
         return summary
     finally:
@@ -357,6 +362,25 @@ def _bench_feeds(val, batch_size: int) -> dict:
 
     batch = next(Dataset(samples, name="bench").batches(batch_size))
     return {name: np.ascontiguousarray(array) for name, array in batch.inputs.items()}
+
+
+def _explain(model, calibrations: dict, candidates: list[Measured], setup: dict, summary, folder: RunFolder):
+    """Run the cheap explain pass on the int8 candidate that matters: the chosen one, or else the
+    most accurate int8 (to show where its accuracy went). Returns notes for the summary. A failure
+    here is logged and noted, never allowed to lose the decision already made."""
+    from trimtab.explain.run import explain_run
+
+    int8 = [c for c in candidates if c.artifact.precision == "int8"]
+    chosen = next((c for c in int8 if c.artifact.name == summary.chosen), None)
+    target = chosen or (min(int8, key=lambda c: c.evaluation.drop_points) if int8 else None)
+    method = CalibrationMethod(target.artifact.calibration) if target else next(iter(calibrations))
+    try:
+        outputs = explain_run(model, calibrations[method], setup["val"], target.artifact if target else None,
+                              folder.root)
+    except Exception as exc:  # diagnostics must not cost the user the tuning result
+        log.exception("the explain pass failed")
+        return [f"The explain pass failed ({type(exc).__name__}: {exc}); the decision above is unaffected."]
+    return outputs.notes
 
 
 def _summarise(model, candidates, setup, config: TuneConfig, folder: RunFolder, timer: StageTimer, command: str):

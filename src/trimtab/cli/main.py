@@ -409,5 +409,61 @@ def _random_feeds(model, batch_size: int) -> dict:
     return feeds
 
 
+# ---------------------------------------------------------------------------------------------
+# explain
+
+
+@app.command("compare")
+def compare_cmd(
+    reference: str = typer.Argument(..., help="The fp32 model (.onnx or example:NAME)."),
+    candidate: Path = typer.Argument(..., help="A candidate .onnx (e.g. from a run folder's models/)."),
+    data: Path = typer.Option(..., "--data", help="Inputs to compare on: image folder, .npz or text file."),
+    preset: Optional[str] = typer.Option(None, help="Preprocessing preset for image data."),
+    out: Optional[Path] = typer.Option(None, help="Write the per-node result as JSON (e.g. layers.json)."),
+    top: int = typer.Option(10, help="Show the N nodes with the lowest accumulated SQNR."),
+    batch_size: int = typer.Option(8, help="Batch size."),
+    max_samples: int = typer.Option(64, help="Compare on at most this many samples."),
+    origin_db: float = typer.Option(30.0, help="Local SQNR (dB) below which a node introduces error."),
+    progress: Optional[bool] = ProgressOpt,
+    verbose: int = VerboseOpt,
+) -> None:
+    """Per node: error of the candidate end to end (accumulated) and of the node alone fed fp32
+    inputs (local), and the first node that introduces error."""
+    from trimtab.explain.compare import compare
+    from trimtab.load import load_model
+
+    _setup_logging(verbose)
+    dataset = _open_data(data, reference, preset, "compare")
+    with _Bars(progress) as bars:
+        result = compare(load_model(reference), candidate, dataset, batch_size=batch_size, max_samples=max_samples,
+                         origin_db=origin_db, progress=bars.callback)
+    _print_compare(result, top)
+    if out is not None:
+        typer.echo(f"written: {result.save(out)}")
+
+
+def _print_compare(result, top: int) -> None:
+    def db(stats) -> str:
+        return "-" if stats is None else f"{stats.sqnr_db:.1f}"
+
+    typer.echo(f"{'node':<32} {'op':<18} {'acc SQNR dB':>11} {'local dB':>9} {'cosine':>8} {'max abs':>10}")
+    for row in result.worst(top):
+        acc = row.accumulated
+        typer.echo(f"{row.node[:32]:<32} {row.op_type[:18]:<18} {db(acc):>11} {db(row.local):>9} "
+                   f"{acc.cosine:>8.5f} {acc.max_abs:>10.4g}")
+    typer.echo(f"origin: {result.origin or '-'} ({result.origin_reason})")
+    typer.echo(f"samples: {result.n_samples}; numerics: {result.numerics}")
+    if result.deployed_max_diff is not None:
+        typer.echo(f"ONNX Runtime's optimised run differs from that simulation by a relative max diff of "
+                   f"{result.deployed_max_diff:.3g}")
+    if result.capture_changes_outputs:
+        typer.echo(f"warning: capturing intermediate tensors changed the final outputs (relative max diff "
+                   f"{result.capture_max_diff:.3g} > {result.capture_tolerance:g}); the figures may not "
+                   "describe the uncaptured run")
+    else:
+        typer.echo(f"capture check: final outputs agree with and without capture (relative max diff "
+                   f"{result.capture_max_diff:.3g})")
+
+
 if __name__ == "__main__":
     main()

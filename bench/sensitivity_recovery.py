@@ -1,0 +1,224 @@
+"""Issue 3 acceptance: does returning the top-3 ranked groups to fp32 recover at least half of the
+measured int8 metric drop? One run per example, ONNX Runtime CPU (OrtCpuBackend, ORT_ENABLE_ALL).
+
+Per example:
+  1. calibration = trimtab.calibrate.calibrate(model, example.calibration_data(), METHOD)
+     int8 = build_int8(model, ranges, "ort-cpu", skip_tensors=calibration.float_tensors)
+  2. metric on the evaluation set against fp32:
+       effnet-lite0  top-1 agreement on agreement_data() (128 crops), entropy ranges
+       minilm        mean cosine on validation_data() (200 sentences), entropy ranges (the
+                     larger drop) and minmax ranges (small drop spread over every layer)
+  3. rank_sensitivity on the *calibration* data (its `--subset` worst samples; never the
+     evaluation set, so the ranking is not fitted to the samples it is judged on), cheap proxy:
+     KL of the logits for effnet-lite0, output SQNR for minilm, `--budget` seconds.
+  4. plan = base plan with the top-3 groups in fp32; build, measure the metric again.
+     recovered = int8 drop - top-3 drop; fraction = recovered / int8 drop (goal >= 0.5).
+     For comparison, the same with the first 3 groups of the cheap prior alone (no ranking runs).
+
+    PYTHONPATH=src python bench/sensitivity_recovery.py [--budget 240] [--subset 16] [--write docs/perf.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _support import write_marked_block
+
+from trimtab.backends.ort_cpu import OrtCpuBackend
+from trimtab.build import build_int8
+from trimtab.build.plan import MatchKind, PrecisionPlan
+from trimtab.calibrate import calibrate
+from trimtab.examples import get_example
+from trimtab.explain.sensitivity import rank_sensitivity
+from trimtab.load import load_model
+from trimtab.measure import collect_outputs, evaluate
+from trimtab.options import Precision
+
+MARKER = "sensitivity"
+TOP = 3
+CURVE = (1, 3, 5, 10)  # top-k groups in fp32, for the recovery curve
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    method: str
+    metric: str
+    proxy: str
+    evaluation: str  # which example data set the metric is measured on
+
+
+SETUPS = (
+    Setup("effnet-lite0", "entropy", "agreement", "kl", "agreement_data (128 crops)"),
+    Setup("minilm", "entropy", "cosine", "sqnr", "validation_data (200 sentences)"),
+    Setup("minilm", "minmax", "cosine", "sqnr", "validation_data (200 sentences)"),
+)
+
+
+@dataclass
+class Outcome:
+    setup: Setup
+    fp32: float
+    int8: float
+    int8_ci: tuple[float, float]
+    top: float
+    prior_top: float
+    groups: int
+    ranked: int
+    top_nodes: list[str]
+    prior_nodes: list[str]
+    rank_seconds: float
+    total_seconds: float
+    base_proxy: float
+    top_gains: list[float]
+    proxy: str
+    curve: dict[int, tuple[float, int]]  # k -> (metric with the top-k groups in fp32, nodes in fp32)
+
+    @property
+    def drop(self) -> float:
+        return 100.0 * (self.fp32 - self.int8)
+
+    def recovered(self, value: float) -> float:
+        return 100.0 * (value - self.int8)
+
+
+def measure(proto, model, example, dataset, metric: str, reference):
+    outputs = collect_outputs(OrtCpuBackend(proto), dataset)
+    return evaluate(example.task, metric, outputs, reference)
+
+
+def fp32_plan(nodes: list[str]) -> PrecisionPlan:
+    plan = PrecisionPlan.uniform(Precision.INT8)
+    for name in nodes:
+        plan = plan.with_rule(MatchKind.NAME, name, Precision.FP32)
+    return plan
+
+
+def run_setup(setup: Setup, args, folder: Path) -> Outcome:
+    start = time.perf_counter()
+    model = load_model(f"example:{setup.name}")
+    example = get_example(setup.name)
+    calibration = calibrate(model, example.calibration_data(), setup.method)
+    skip = set(calibration.float_tensors)
+
+    def build(plan=None):
+        return build_int8(model, calibration.ranges, "ort-cpu", method_name=setup.method, skip_tensors=skip,
+                          plan=plan).proto
+
+    evaluation = example.agreement_data() if setup.metric == "agreement" else example.validation_data()
+    reference = collect_outputs(OrtCpuBackend(model.proto), evaluation)
+    int8 = measure(build(), model, example, evaluation, setup.metric, reference)
+    ranking = rank_sensitivity(model, calibration.ranges, "ort-cpu", example.calibration_data(),
+                               calibration=calibration, proxy=args.proxy or setup.proxy, subset=args.subset,
+                               time_budget_s=args.budget)
+    ranking.save(folder / f"{setup.name}-{setup.method}-layers.json")
+    top_nodes = ranking.top_nodes(TOP)
+    top = measure(build(ranking.plan(TOP)), model, example, evaluation, setup.metric, reference)
+    curve = {}
+    for k in CURVE:
+        value = top.value if k == TOP else measure(build(ranking.plan(k)), model, example, evaluation,
+                                                   setup.metric, reference).value
+        curve[k] = (value, len(set(ranking.top_nodes(k))))
+    by_prior = sorted([row.group for row in ranking.rows] + list(ranking.unranked), key=lambda g: g.prior)
+    prior_nodes = list(dict.fromkeys(name for group in by_prior[:TOP] for name in group.nodes))
+    prior_top = measure(build(fp32_plan(prior_nodes)), model, example, evaluation, setup.metric, reference)
+    return Outcome(setup, int8.baseline_value, int8.value, int8.ci95, top.value, prior_top.value,
+                   len(ranking.rows) + len(ranking.unranked), len(ranking.rows), top_nodes, prior_nodes,
+                   ranking.seconds, time.perf_counter() - start, ranking.base_proxy,
+                   [row.gain for row in ranking.rows[:TOP]], ranking.proxy, curve)
+
+
+def table(outcomes: list[Outcome]) -> list[str]:
+    lines = ["| model | metric (eval set) | fp32 | int8 | int8 drop pts (95% CI) | top-3 fp32 | recovered pts "
+             "| fraction recovered | prior-only top-3 (fraction) | groups ranked | rank s | total s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for o in outcomes:
+        fraction = o.recovered(o.top) / o.drop if o.drop > 0 else float("nan")
+        prior_fraction = o.recovered(o.prior_top) / o.drop if o.drop > 0 else float("nan")
+        lines.append(
+            f"| {o.setup.name} ({o.setup.method}) | {o.setup.metric} ({o.setup.evaluation}) | {o.fp32:.4f} "
+            f"| {o.int8:.4f} | {o.drop:.2f} ({o.int8_ci[0]:.2f} to {o.int8_ci[1]:.2f}) | {o.top:.4f} "
+            f"| {o.recovered(o.top):.2f} | {fraction:.2f} {'(goal met)' if fraction >= 0.5 else '(goal missed)'} "
+            f"| {o.prior_top:.4f} ({prior_fraction:.2f}) | {o.ranked}/{o.groups} | {o.rank_seconds:.0f} "
+            f"| {o.total_seconds:.0f} |")
+    return lines
+
+
+def details(outcomes: list[Outcome]) -> list[str]:
+    lines = []
+    for o in outcomes:
+        gains = ", ".join(f"{gain:.3g}" for gain in o.top_gains)
+        unit = "nats of KL" if o.proxy == "kl" else "dB"
+        curve = "; ".join(f"top-{k}: {value:.4f}, {o.recovered(value) / o.drop:.2f} of the drop ({nodes} nodes fp32)"
+                          for k, (value, nodes) in o.curve.items()) if o.drop > 0 else "no drop"
+        lines.append(f"- {o.setup.name} ({o.setup.method}): proxy {o.proxy} (all-int8 {o.base_proxy:.4g}); top-3 "
+                     f"groups (gains {gains} {unit}): {', '.join(f'`{n}`' for n in dict.fromkeys(o.top_nodes))}. "
+                     f"Prior-only top-3: {', '.join(f'`{n}`' for n in dict.fromkeys(o.prior_nodes))}. "
+                     f"Recovery by number of groups in fp32: {curve}.")
+    return lines
+
+
+def environment() -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+
+    def field(key: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith(key)), "?")
+
+    return [f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- CPU: {field('model name')} (family/model {field('cpu family')}/{field('model')}), "
+            f"{os.cpu_count()} logical cores",
+            f"- python {platform.python_version()}, onnxruntime {ort.__version__}, onnx {onnx.__version__}, "
+            f"numpy {np.__version__}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=240.0, help="rank_sensitivity time budget per model (s)")
+    parser.add_argument("--subset", type=int, default=16, help="worst calibration samples scored per group")
+    parser.add_argument("--proxy", choices=("kl", "sqnr"), help="override every setup's proxy")
+    parser.add_argument("--models", default="effnet-lite0,minilm")
+    parser.add_argument("--write", type=Path, help="write the table into this markdown file's marked block")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    wanted = args.models.split(",")  # example names, or NAME:METHOD for one setup
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = [run_setup(setup, args, Path(tmp)) for setup in SETUPS
+                    if setup.name in wanted or f"{setup.name}:{setup.method}" in wanted]
+    lines = ["## Sensitivity ranking: does fp32 for the top-3 groups recover the int8 drop?", "",
+             f"Produced by `PYTHONPATH=src python bench/sensitivity_recovery.py --budget {args.budget:g} "
+             f"--subset {args.subset} --write docs/perf.md` (this block only). Issue 3's goal: the top-3 "
+             "ranked groups in fp32 recover at least half of the int8 drop.", "",
+             *environment(), "", *table(outcomes), "", *details(outcomes), "",
+             "- Ranking: `trimtab.explain.rank_sensitivity` on the example's calibration data (the "
+             f"{args.subset} samples with the worst all-int8 error), never on the evaluation set. A group is "
+             "what must be fp32 for one quantized tensor to be float again: its quantized readers (one Q/DQ "
+             "shared by Q/K/V is one group) and, for ort-cpu, its writer unless a Gemm/MatMul (the output Q "
+             "closes the fused kernel), with a folded Relu/Clip; groups overlap. Each is rebuilt alone in fp32 "
+             "with `build_int8(plan=...)` and run in OrtCpuBackend (optimisation on). Groups are tried in the "
+             "order of a cheap prior (local quantization SQNR: the lowest of each input's whole-tensor and median-channel SQNR and of the weights') and "
+             "those left when the budget ends are unranked.",
+             "- `prior-only top-3`: the 3 groups the cheap prior alone would pick (no rebuilds), for comparison.",
+             "- Drops are in points (100 x fraction) against fp32 on the same samples; the CI is the "
+             "paired-bootstrap 95% interval of the int8 drop."]
+    print("\n".join(lines))
+    if args.write:
+        write_marked_block(args.write, MARKER, lines)
+
+
+if __name__ == "__main__":
+    main()
