@@ -32,11 +32,14 @@ def test_demo_writes_the_run_folder_and_chooses_int8(tmp_path):
     chosen = next(c for c in summary["candidates"] if c["name"] == summary["chosen"])
     assert chosen["precision"] == "int8", summary["reason"]
     assert chosen["within_budget"] and chosen["throughput_per_s"] > summary["candidates"][0]["throughput_per_s"]
-    for name in ("report.html", "plan.json", "log.txt", "models/chosen.onnx", "calibration/trt.cache"):
+    for name in ("report.html", "plan.json", "log.txt", "models/chosen.onnx", "calibration/trt.cache",
+                 "lint.json", "layers.json", "calibration/diagnostics.json", "calibration/coverage.json"):
         assert (out / name).is_file(), name
     assert (out / "calibration/trt.cache").read_text().startswith("TRT-")
     assert json.loads((out / "plan.json").read_text())["default"] == "int8"
     assert summary["chosen"] in result.stdout
+    assert "explain" in summary["timings_s"]
+    assert not any("explain pass failed" in note for note in summary["notes"]), summary["notes"]
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def test_planted_sensitive_layer_ranks_first(chain, tmp_path):
     model, ranges, data = chain
     result = rank_sensitivity(model, ranges, "ort-cpu", data, subset=8, time_budget_s=120)
     assert result and not result.unranked
-    assert [row.group.nodes for row in result.rows][0] == ("mm3",)
+    assert result.rows[0].group.nodes == ("mm3",)
     assert {node for row in result.rows for node in row.group.nodes} == {"mm1", "mm2", "mm3", "mm4"}
     top = result.rows[0]
     assert top.gain > 10.0 and top.gain > 5 * max(row.gain for row in result.rows[1:])  # dB
@@ -100,6 +100,22 @@ def test_time_budget_leaves_groups_unranked(chain):
     assert not result
     assert len(result.unranked) == 4 and result.rows == []
     assert result.seconds < 30
+
+
+def test_time_budget_stops_midway_and_keeps_prior_order(chain, monkeypatch):
+    import itertools
+
+    from trimtab.explain import sensitivity
+
+    ticks = itertools.count()
+    monkeypatch.setattr(sensitivity, "_clock", lambda: float(next(ticks)))  # +1 s per reading
+    model, ranges, data = chain
+    full = rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, time_budget_s=0.0)
+    ticks = itertools.count()
+    result = rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, time_budget_s=7.5)
+    assert 0 < len(result.rows) < 4 and not result
+    assert [g.nodes for g in result.unranked] == [g.nodes for g in full.unranked][len(result.rows):]
+    assert result.seconds <= 7.5 + 1
 
 
 def test_shared_qdq_consumers_form_one_group():

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 8
+_clock = time.perf_counter  # seconds; a test swaps in a fake clock
 FORMAT = "trimtab.layers/1"
 
 
@@ -276,7 +277,7 @@ def rank_sensitivity(
     fp32 (see the module docstring). `calibration` supplies `float_tensors` to keep float (as
     `build_int8(skip_tensors=...)`); `smoothing` is passed to `build_int8`. `dataset` is any
     iterable of Samples (a Dataset); the `subset` worst samples are scored."""
-    start = time.perf_counter()
+    start = _clock()
     proxy, flavour = Proxy(proxy), Int8Flavour(flavour)
     if subset < 1:
         raise ValueError(f"subset must be >= 1 sample, got {subset}")
@@ -302,7 +303,7 @@ def rank_sensitivity(
     scored.sort(key=lambda item: -item[1])  # stable: ties keep prior order
     result.rows = [RankedGroup(rank, group, value, gain, seconds)
                    for rank, (group, gain, value, seconds) in enumerate(scored, start=1)]
-    result.seconds = time.perf_counter() - start
+    result.seconds = _clock() - start
     logger.info("sensitivity: %d groups ranked, %d unranked in %.1f s (base %s %.4g)", len(result.rows),
                 len(result.unranked), result.seconds, proxy.value, result.base_proxy)
     return result
@@ -313,20 +314,20 @@ def _score_groups(runner: _Runner, groups: list[NodeGroup], base_plan: Precision
     """Evaluate groups in order until the next one would likely overrun the budget."""
     scored: list[tuple] = []
     for position, group in enumerate(groups):
-        elapsed = time.perf_counter() - start
+        elapsed = _clock() - start
         mean_cost = sum(item[3] for item in scored) / len(scored) if scored else 0.0
         if elapsed + mean_cost > result.time_budget_s:
             result.unranked = groups[position:]
             logger.info("sensitivity: time budget %.1f s reached after %d groups", result.time_budget_s, position)
             break
-        began = time.perf_counter()
+        began = _clock()
         plan = base_plan
         for name in group.nodes:
             plan = plan.with_rule(MatchKind.NAME, name, Precision.FP32)
         stats, _ = runner.stats(runner.build(plan).proto, picked, reference)
         value = proxy_value(runner.proxy, stats)
         gain = _gain(runner.proxy, value, result.base_proxy)
-        scored.append((group, gain, value, time.perf_counter() - began))
+        scored.append((group, gain, value, _clock() - began))
         logger.debug("sensitivity: %s %s -> %s %.4g (gain %.4g)", group.group, list(group.nodes),
                      runner.proxy.value, value, gain)
     return scored
@@ -387,7 +388,9 @@ def _order_by_prior(groups: list[NodeGroup], model, artifact: Artifact, samples:
     whole-tensor and median-channel SQNR on fp32 values of `samples`, and of each weight), lowest
     first; ties keep graph order."""
     qparams = _activation_qparams(artifact)
-    wanted = sorted({t for group in groups for t in group.tensors if t in qparams})
+    # Smoothing adds tensors (its Mul outputs) that the fp32 graph does not have: no prior there.
+    known = {out for node in model.proto.graph.node for out in node.output} | set(model.input_names)
+    wanted = sorted({t for group in groups for t in group.tensors if t in qparams and t in known})
     noise = _activation_noise(model, wanted, qparams, samples)
     # Smoothing rescales weights before quantizing them: compare only unsmoothed builds.
     weights = {} if artifact.notes.get("smoothed") else _weight_noise(model, artifact)
