@@ -8,14 +8,20 @@ Per example:
        effnet-lite0  top-1 agreement on agreement_data() (128 crops), entropy ranges
        minilm        mean cosine on validation_data() (200 sentences), entropy ranges (the
                      larger drop) and minmax ranges (small drop spread over every layer)
+     (methods: effnet-lite0 entropy and mse, the one `tune` picks there; minilm entropy, minmax
+     and mse)
   3. rank_sensitivity on the *calibration* data (its `--subset` worst samples; never the
      evaluation set, so the ranking is not fitted to the samples it is judged on), cheap proxy:
-     KL of the logits for effnet-lite0, output SQNR for minilm, `--budget` seconds.
+     KL of the logits for effnet-lite0 (`--classifier-proxy top1`: top-1 disagreement tie-broken
+     by KL, on `--classifier-subset` samples), output SQNR for minilm, `--budget` seconds, once
+     per `--modes` entry (oneshot: every group alone; greedy: ranks 2..`--depth` re-scored with
+     the groups above in fp32, among the `--candidates` best of the first pass).
   4. plan = base plan with the top-3 groups in fp32; build, measure the metric again.
      recovered = int8 drop - top-3 drop; fraction = recovered / int8 drop (goal >= 0.5).
      For comparison, the same with the first 3 groups of the cheap prior alone (no ranking runs).
 
-    PYTHONPATH=src python bench/sensitivity_recovery.py [--budget 240] [--subset 16] [--write docs/perf.md]
+    PYTHONPATH=src python bench/sensitivity_recovery.py [--budget 240] [--subset 16] [--modes oneshot,greedy]
+        [--write docs/perf.md]
 """
 
 from __future__ import annotations
@@ -65,14 +71,18 @@ class Setup:
 
 SETUPS = (
     Setup("effnet-lite0", "entropy", "agreement", "kl", "agreement_data (128 crops)"),
+    Setup("effnet-lite0", "mse", "agreement", "kl", "agreement_data (128 crops)"),
     Setup("minilm", "entropy", "cosine", "sqnr", "validation_data (200 sentences)"),
     Setup("minilm", "minmax", "cosine", "sqnr", "validation_data (200 sentences)"),
+    Setup("minilm", "mse", "cosine", "sqnr", "validation_data (200 sentences)"),
 )
 
 
 @dataclass
 class Outcome:
     setup: Setup
+    mode: str
+    subset: int
     fp32: float
     int8: float
     int8_ci: tuple[float, float]
@@ -113,7 +123,7 @@ def fp32_plan(nodes: list[str]) -> PrecisionPlan:
     return plan
 
 
-def run_setup(setup: Setup, args, folder: Path) -> Outcome:
+def run_setup(setup: Setup, args, folder: Path) -> list[Outcome]:
     start = time.perf_counter()
     model = load_model(f"example:{setup.name}")
     example = get_example(setup.name)
@@ -127,10 +137,21 @@ def run_setup(setup: Setup, args, folder: Path) -> Outcome:
     evaluation = example.agreement_data() if setup.metric == "agreement" else example.validation_data()
     reference = collect_outputs(OrtCpuBackend(model.proto), evaluation)
     int8 = measure(build(), example, evaluation, setup.metric, reference)
+    shared = time.perf_counter() - start
+    return [rank_and_measure(setup, args, folder, model, example, calibration, build, evaluation, reference,
+                             int8, mode, shared) for mode in args.modes.split(",")]
+
+
+def rank_and_measure(setup, args, folder, model, example, calibration, build, evaluation, reference, int8,
+                     mode: str, shared: float) -> Outcome:
+    start = time.perf_counter()
+    classifier = setup.proxy == "kl"
+    proxy = args.proxy or (args.classifier_proxy if classifier else setup.proxy)
+    subset = args.classifier_subset if classifier and args.classifier_subset else args.subset
     ranking = rank_sensitivity(model, calibration.ranges, "ort-cpu", example.calibration_data(),
-                               calibration=calibration, proxy=args.proxy or setup.proxy, subset=args.subset,
-                               time_budget_s=args.budget)
-    ranking.save(folder / f"{setup.name}-{setup.method}-layers.json")
+                               calibration=calibration, proxy=proxy, subset=subset,
+                               time_budget_s=args.budget, mode=mode, depth=args.depth, candidates=args.candidates)
+    ranking.save(folder / f"{setup.name}-{setup.method}-{mode}-layers.json")
     top_nodes = ranking.top_nodes(TOP)
     top = measure(build(ranking.plan(TOP)), example, evaluation, setup.metric, reference)
     curve = {}
@@ -141,24 +162,25 @@ def run_setup(setup: Setup, args, folder: Path) -> Outcome:
     by_prior = sorted([row.group for row in ranking.rows] + list(ranking.unranked), key=lambda g: g.prior)
     prior_nodes = list(dict.fromkeys(name for group in by_prior[:TOP] for name in group.nodes))
     prior_top = measure(build(fp32_plan(prior_nodes)), example, evaluation, setup.metric, reference)
-    return Outcome(setup, int8.baseline_value, int8.value, int8.ci95, top.value, prior_top.value,
+    return Outcome(setup, mode, subset, int8.baseline_value, int8.value, int8.ci95, top.value, prior_top.value,
                    len(ranking.rows) + len(ranking.unranked), len(ranking.rows), top_nodes, prior_nodes,
-                   ranking.seconds, time.perf_counter() - start, ranking.base_proxy,
+                   ranking.seconds, shared + time.perf_counter() - start, ranking.base_proxy,
                    [row.gain for row in ranking.rows[:TOP]], ranking.proxy, curve,
                    (int8.extras["sqnr_db"], top.extras["sqnr_db"]))
 
 
 def table(outcomes: list[Outcome]) -> list[str]:
-    lines = [("| model | metric (eval set) | fp32 | int8 | int8 drop pts (95% CI) | top-3 fp32 | recovered pts "
-              "| fraction recovered | prior-only top-3 (fraction) | output SQNR dB int8 -> top-3 | groups ranked "
-              "| rank s | total s |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [("| model (method) | mode | proxy (subset) | metric (eval set) | fp32 | int8 | int8 drop pts (95% CI) "
+              "| top-3 fp32 | recovered pts | fraction recovered | prior-only top-3 (fraction) "
+              "| output SQNR dB int8 -> top-3 | groups ranked | rank s | total s |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for o in outcomes:
         fraction = o.recovered(o.top) / o.drop if o.drop > 0 else float("nan")
         prior_fraction = o.recovered(o.prior_top) / o.drop if o.drop > 0 else float("nan")
         verdict = "no measurable drop" if o.drop <= 0 else "goal met" if fraction >= 0.5 else "goal missed"
         lines.append(
-            f"| {o.setup.name} ({o.setup.method}) | {o.setup.metric} ({o.setup.evaluation}) | {o.fp32:.4f} "
+            f"| {o.setup.name} ({o.setup.method}) | {o.mode} | {o.proxy} ({o.subset}) "
+            f"| {o.setup.metric} ({o.setup.evaluation}) | {o.fp32:.4f} "
             f"| {o.int8:.4f} | {o.drop:.2f} ({o.int8_ci[0]:.2f} to {o.int8_ci[1]:.2f}) | {o.top:.4f} "
             f"| {o.recovered(o.top):.2f} | {fraction:.2f} ({verdict}) | {o.prior_top:.4f} ({prior_fraction:.2f}) "
             f"| {o.sqnr[0]:.1f} -> {o.sqnr[1]:.1f} | {o.ranked}/{o.groups} | {o.rank_seconds:.0f} "
@@ -170,10 +192,11 @@ def details(outcomes: list[Outcome]) -> list[str]:
     lines = []
     for o in outcomes:
         gains = ", ".join(f"{gain:.3g}" for gain in o.top_gains)
-        unit = "nats of KL" if o.proxy == "kl" else "dB"
+        unit = {"kl": "nats of KL", "top1": "of the subset's top-1 disagreement"}.get(o.proxy, "dB")
+        unit += ", cumulative after rank 1" if o.mode == "greedy" else ""
         curve = "; ".join(f"top-{k}: {value:.4f}, {o.recovered(value) / o.drop:.2f} of the drop ({nodes} nodes fp32)"
                           for k, (value, nodes) in o.curve.items()) if o.drop > 0 else "no drop"
-        lines.append(f"- {o.setup.name} ({o.setup.method}): proxy {o.proxy} (all-int8 {o.base_proxy:.4g}); top-3 "
+        lines.append(f"- {o.setup.name} ({o.setup.method}, {o.mode}): proxy {o.proxy} (all-int8 {o.base_proxy:.4g}); top-3 "
                      f"groups (gains {gains} {unit}): {', '.join(f'`{n}`' for n in dict.fromkeys(o.top_nodes))}. "
                      f"Prior-only top-3: {', '.join(f'`{n}`' for n in dict.fromkeys(o.prior_nodes))}. "
                      f"Recovery by number of groups in fp32: {curve}.")
@@ -185,7 +208,7 @@ def findings(outcomes: list[Outcome]) -> list[str]:
     lines = []
     for o in outcomes:
         if o.drop <= 0:
-            lines.append(f"- {o.setup.name} ({o.setup.method}): no measurable drop (fp32 {o.fp32:.4f}, int8 "
+            lines.append(f"- {o.setup.name} ({o.setup.method}, {o.mode}): no measurable drop (fp32 {o.fp32:.4f}, int8 "
                          f"{o.int8:.4f}): nothing to recover.")
             continue
         fraction = o.recovered(o.top) / o.drop
@@ -198,7 +221,7 @@ def findings(outcomes: list[Outcome]) -> list[str]:
                   f"{o.recovered(o.curve[widest][0]) / o.drop:.2f}: the loss is spread over many layers."
                   if share is not None and enough is None else "")
         lines.append(
-            f"- {o.setup.name} ({o.setup.method}): goal {'met' if fraction >= 0.5 else 'missed'} "
+            f"- {o.setup.name} ({o.setup.method}, {o.mode}): goal {'met' if fraction >= 0.5 else 'missed'} "
             f"({fraction:.2f} of a {o.drop:.2f}-point drop); half the drop is recovered "
             + (f"from the top-{enough} groups on." if enough else f"by none of the top-{widest} groups or fewer.")
             + spread)
@@ -243,23 +266,41 @@ def environment() -> list[str]:
              f"numpy {np.__version__}")]
 
 
+def command(args) -> list[str]:
+    words = [f"--budget {args.budget:g}", f"--subset {args.subset}", f"--modes {args.modes}",
+             f"--depth {args.depth}", f"--candidates {args.candidates}", f"--classifier-proxy {args.classifier_proxy}"]
+    if args.classifier_subset:
+        words.append(f"--classifier-subset {args.classifier_subset}")
+    if args.proxy:
+        words.append(f"--proxy {args.proxy}")
+    if args.models != "effnet-lite0,minilm":
+        words.append(f"--models {args.models}")
+    return words
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=240.0, help="rank_sensitivity time budget per model (s)")
     parser.add_argument("--subset", type=int, default=16, help="worst calibration samples scored per group")
-    parser.add_argument("--proxy", choices=("kl", "sqnr"), help="override every setup's proxy")
+    parser.add_argument("--proxy", choices=("kl", "sqnr", "top1"), help="override every setup's proxy")
+    parser.add_argument("--classifier-proxy", choices=("kl", "top1"), default="kl",
+                        help="proxy for the classifier (effnet-lite0)")
+    parser.add_argument("--classifier-subset", type=int, help="subset for the classifier (default --subset)")
+    parser.add_argument("--modes", default="oneshot,greedy", help="rank_sensitivity modes to compare")
+    parser.add_argument("--depth", type=int, default=3, help="greedy: ranks re-scored conditionally")
+    parser.add_argument("--candidates", type=int, default=12, help="greedy: first-pass groups re-scored per step")
     parser.add_argument("--models", default="effnet-lite0,minilm")
     parser.add_argument("--write", type=Path, help="write the table into this markdown file's marked block")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     wanted = args.models.split(",")  # example names, or NAME:METHOD for one setup
     with tempfile.TemporaryDirectory() as tmp:
-        outcomes = [run_setup(setup, args, Path(tmp)) for setup in SETUPS
-                    if setup.name in wanted or f"{setup.name}:{setup.method}" in wanted]
+        outcomes = [outcome for setup in SETUPS if setup.name in wanted or f"{setup.name}:{setup.method}" in wanted
+                    for outcome in run_setup(setup, args, Path(tmp))]
     lines = [
         "## Sensitivity ranking: does fp32 for the top-3 groups recover the int8 drop?", "",
-        (f"Produced by `PYTHONPATH=src python bench/sensitivity_recovery.py --budget {args.budget:g} "
-         f"--subset {args.subset} --write docs/perf.md` (this block only). Issue 3's goal: the top-3 "
+        (f"Produced by `PYTHONPATH=src python bench/sensitivity_recovery.py {' '.join(command(args))} "
+         "--write docs/perf.md` (this block only). Issue 3's goal: the top-3 "
          "ranked groups in fp32 recover at least half of the int8 drop."), "",
         *environment(), "", *table(outcomes), "", *details(outcomes), *findings(outcomes), "", *method_notes(args),
     ]

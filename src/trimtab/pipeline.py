@@ -368,19 +368,22 @@ def _explain(model, calibrations: dict, candidates: list[Measured], setup: dict,
     """Run the cheap explain pass on the int8 candidate that matters: the chosen one, or else the
     most accurate int8 (to show where its accuracy went). Returns notes for the summary. A failure
     here is logged and noted, never allowed to lose the decision already made."""
-    from trimtab.explain.run import explain_run
+    from trimtab.explain.run import explain_run, sensitivity_run
 
     int8 = [c for c in candidates if c.artifact.precision == "int8"]
     chosen = next((c for c in int8 if c.artifact.name == summary.chosen), None)
     target = chosen or (min(int8, key=lambda c: c.evaluation.drop_points) if int8 else None)
     method = CalibrationMethod(target.artifact.calibration) if target else next(iter(calibrations))
+    over_budget = target is not None and target.evaluation.drop_points > summary.budget
     try:
-        outputs = explain_run(model, calibrations[method], setup["val"], target.artifact if target else None,
-                              folder.root)
+        notes = explain_run(model, calibrations[method], setup["val"], target.artifact if target else None,
+                            folder.root).notes
+        if over_budget:
+            notes += sensitivity_run(model, calibrations[method], setup["val"], target.artifact, folder.root).notes
     except Exception as exc:  # diagnostics must not cost the user the tuning result
         log.exception("the explain pass failed")
         return [f"The explain pass failed ({type(exc).__name__}: {exc}); the decision above is unaffected."]
-    return outputs.notes
+    return notes
 
 
 def _summarise(model, candidates, setup, config: TuneConfig, folder: RunFolder, timer: StageTimer, command: str):

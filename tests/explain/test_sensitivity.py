@@ -18,6 +18,7 @@ from trimtab.explain.sensitivity import (
     sample_errors,
     worst_samples,
 )
+from trimtab.explain import sensitivity
 
 
 def _matmul_chain(seed: int = 0):
@@ -174,3 +175,90 @@ def test_invalid_arguments(chain):
         rank_sensitivity(model, ranges, "ort-cpu", data, subset=0)
     with pytest.raises(ValueError):
         rank_sensitivity(model, ranges, "ort-cpu", data, proxy="mse")
+    with pytest.raises(ValueError):
+        rank_sensitivity(model, ranges, "ort-cpu", data, mode="beam")
+    with pytest.raises(ValueError, match="depth"):
+        rank_sensitivity(model, ranges, "ort-cpu", data, mode="greedy", depth=0)
+
+
+def _planted_landscape(monkeypatch):
+    """Replace the measured stats with a planted output SQNR over which of mm1..mm4 are fp32:
+    noise = 1 + E1 + E2 + E3, E1 = 0 if mm3 is fp32, else 20 if mm2 is, else 100 (mm2 only
+    repeats part of mm3's fix); E2 = 0 if mm1 is fp32 else 30; E3 = 0 if mm4 is fp32 else 5.
+    Alone: mm3 (noise 36) > mm2 (56) > mm1 (106) > mm4 (131). Given mm3, mm2 adds nothing, so
+    the conditional order is mm3, mm1, mm4, mm2."""
+    plans = {}
+    build = sensitivity._Runner.build
+
+    def fake_build(self, plan):
+        artifact = build(self, plan)
+        plans[id(artifact.proto)] = (plan, artifact.proto)
+        return artifact
+
+    def fake_stats(self, proto, samples, reference=None):
+        plan = plans[id(proto)][0]
+        fp32 = {name for name in ("mm1", "mm2", "mm3", "mm4") if plan.precision_for(name, "MatMul").value == "fp32"}
+        e1 = 0 if "mm3" in fp32 else 20 if "mm2" in fp32 else 100
+        noise = 1 + e1 + (0 if "mm1" in fp32 else 30) + (0 if "mm4" in fp32 else 5)
+        return np.array([[1.0, float(noise)]] * len(samples)), []
+
+    monkeypatch.setattr(sensitivity._Runner, "build", fake_build)
+    monkeypatch.setattr(sensitivity._Runner, "stats", fake_stats)
+
+
+def test_greedy_ranks_by_what_a_group_adds(chain, monkeypatch):
+    _planted_landscape(monkeypatch)
+    model, ranges, data = chain
+    order = lambda result: [row.group.nodes[0] for row in result.rows]  # noqa: E731
+    oneshot = rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, time_budget_s=120)
+    assert order(oneshot) == ["mm3", "mm2", "mm1", "mm4"] and oneshot.mode == "oneshot"
+    assert oneshot.conditional == 0
+    greedy = rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, time_budget_s=120, mode="greedy", depth=3)
+    assert order(greedy) == ["mm3", "mm1", "mm4", "mm2"] and greedy.conditional == 3 and greedy
+    # rows 1..3: cumulative proxy/gain over all-int8 (noise 136 -> 36 -> 6 -> 1); row 4: first pass, alone
+    expected = [10 * np.log10(136 / n) for n in (36, 6, 1, 56)]
+    assert [row.gain for row in greedy.rows] == pytest.approx(expected)
+    assert greedy.plan(3).precision_for("mm2", "MatMul").value == "int8"
+    assert SensitivityResult.from_dict(greedy.to_dict()).to_dict() == greedy.to_dict()
+    # depth 2 re-ranks rank 2 only; the rest keeps the first-pass order
+    assert order(rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, mode="greedy", depth=2)) == [
+        "mm3", "mm1", "mm2", "mm4"]
+    # candidates=1: each step only re-scores the next group of the first pass (no better choice)
+    assert order(rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, mode="greedy", candidates=1)) == [
+        "mm3", "mm2", "mm1", "mm4"]
+
+
+def test_greedy_on_the_real_chain_and_budget(chain, monkeypatch):
+    model, ranges, data = chain
+    result = rank_sensitivity(model, ranges, "ort-cpu", data, subset=8, time_budget_s=120, mode="greedy")
+    assert result.rows[0].group.nodes == ("mm3",) and result.conditional == 3 and len(result.rows) == 4
+    assert [row.gain for row in result.rows[:3]] == sorted(row.gain for row in result.rows[:3])  # cumulative
+    import itertools
+
+    ticks = itertools.count()
+    monkeypatch.setattr(sensitivity, "_clock", lambda: float(next(ticks)))  # +1 s per reading
+    full = rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, time_budget_s=1000, mode="greedy")
+    spent = full.seconds
+    seen = set()
+    for budget in range(int(spent) + 1):
+        ticks = itertools.count()
+        short = rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, time_budget_s=budget, mode="greedy")
+        # the fake clock reads 3 ticks per rebuild but the cost estimate is 1 tick: overrun <= 2 + final read
+        if short:  # first pass complete (its own overrun is the one-shot test's business)
+            assert short.seconds <= budget + 3
+            assert short.rows[0].group.nodes == ("mm3",) and len(short.rows) == 4
+            seen.add(short.conditional)
+    assert {1, 2, 3} <= seen  # a short budget stops the greedy steps early, keeping the first-pass order
+
+
+def test_top1_proxy_math():
+    ref = np.array([[3.0, 1.0, 0.0], [0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
+    cand = np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 2.5], [1.0, 0.0, 0.0]])
+    stats = sample_errors(Proxy.TOP1, cand, ref)
+    assert stats[:, 1].tolist() == [1.0, 0.0, 0.0] and stats[2, 0] == pytest.approx(0.0)
+    k = float(np.mean(stats[:, 0]))
+    assert proxy_value(Proxy.TOP1, stats) == pytest.approx(1 / 3 + k / (1 + k) / 3)
+    assert worst_samples(Proxy.TOP1, stats, 3).tolist() == [0, 1, 2]
+    # one fewer flip always beats any KL
+    assert proxy_value(Proxy.TOP1, np.array([[50.0, 0.0], [50.0, 0.0]])) < proxy_value(
+        Proxy.TOP1, np.array([[0.0, 1.0], [0.0, 0.0]]))

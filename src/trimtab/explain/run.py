@@ -5,6 +5,8 @@
     calibration/plots/*.png       histograms of the worst tensors (when matplotlib is installed)
     calibration/coverage.json     does the calibration data represent the validation data?
     layers.json                   layer-wise fp32 vs int8 diff (accumulated and local) of one int8 candidate
+    sensitivity.json              (only when int8 misses the budget) which nodes, returned to fp32,
+                                  win back the most, ranked on the worst validation samples
 
 It reuses the histograms calibration already cached (no new pass over the calibration data); the
 coverage check and the layer diff run on a small validation subset.
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 COVERAGE_SAMPLES = 128
 COMPARE_SAMPLES = 16
+SENSITIVITY_SECONDS = 30.0
 
 
 @dataclass
@@ -88,3 +91,24 @@ def _compare(model, artifact, validation, root: Path, outputs: ExplainOutputs) -
     origin = getattr(result, "origin", None)
     if origin:
         outputs.notes.append(f"Layer diff of {artifact.name}: error is first introduced at {origin} (layers.json).")
+
+
+def sensitivity_run(model, calibration, validation, artifact, root: Path) -> ExplainOutputs:
+    """Rank which node groups of `artifact`'s build, returned to fp32, recover the most, within a
+    time budget."""
+    from trimtab.build import Smoothing
+    from trimtab.explain.sensitivity import rank_sensitivity
+
+    outputs = ExplainOutputs()
+    smoothing = Smoothing(calibration.channels) if artifact.notes.get("smoothed") else None
+    result = rank_sensitivity(model, calibration.ranges, artifact.flavour, validation, calibration=calibration,
+                              time_budget_s=SENSITIVITY_SECONDS, smoothing=smoothing)
+    result.save(root / "sensitivity.json")
+    outputs.files.append("sensitivity.json")
+    top = result.top_nodes(3)
+    if top:
+        outputs.notes.append(
+            f"Sensitivity: returning {', '.join(top[:6])}{' ...' if len(top) > 6 else ''} to fp32 wins back the "
+            "most on the worst samples (sensitivity.json); quantization-aware training or a mixed plan starts there."
+        )
+    return outputs

@@ -17,8 +17,22 @@
    final output on the subset with the proxy:
      sqnr: SQNR = 10 log10(sum r^2 / sum (r - x)^2) in dB over the subset (higher is better);
      kl:   mean_i KL(softmax(r_i) || softmax(x_i)) of the logits (lower is better; classifiers).
+     top1: the fraction of subset samples whose top-1 class differs from fp32's, tie-broken by
+           the mean KL (value = disagreement + k / (1 + k) / N with k the mean KL: the KL term
+           is under one sample's flip, so it only orders plans that flip as many; lower is
+           better; classifiers, where the metric is top-1 agreement).
    gain = improvement over the all-int8 proxy (dB for sqnr, nats for kl; positive = better).
    Groups left when the budget runs out are listed as unranked, in prior order.
+4. mode="greedy" (conditional ranking; mode="oneshot", the default, stops at 3): the first pass
+   as in 3 fixes rank 1; for ranks 2..`depth`, the `candidates` best groups of the first pass
+   not yet chosen are rebuilt again, each together with the groups already chosen in fp32, and
+   the one with the best proxy takes the rank. A group that only helps with another (or that
+   repeats what a chosen one already bought back) is ranked by what it adds. Those rows' proxy
+   and gain are cumulative (the plan with this group and every row above it in fp32, over
+   all-int8); rows after `depth` keep the first-pass order and values. Each greedy step costs
+   up to `candidates` rebuilds; when the budget runs out mid-step, the best of the candidates
+   scored so far is taken, and no further steps run (`result.conditional` counts the ranks
+   chosen conditionally, rank 1 included).
 """
 
 from __future__ import annotations
@@ -59,6 +73,12 @@ FORMAT = "trimtab.layers/1"
 class Proxy(StrEnum):
     SQNR = "sqnr"  # output SQNR in dB vs fp32 (higher is better)
     KL = "kl"  # KL divergence of softmax(logits) from fp32's (lower is better)
+    TOP1 = "top1"  # top-1 disagreement with fp32, tie-broken by KL (lower is better)
+
+
+class Mode(StrEnum):
+    ONESHOT = "oneshot"  # every group scored alone against the base plan
+    GREEDY = "greedy"  # ranks 2..depth re-scored with the groups above them in fp32
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -119,6 +139,8 @@ class SensitivityResult:
     seconds: float = 0.0
     time_budget_s: float = 0.0
     base_plan: dict[str, Any] = field(default_factory=dict)
+    mode: str = Mode.ONESHOT.value
+    conditional: int = 0  # leading rows chosen conditionally (greedy mode); their proxy/gain are cumulative
 
     def __bool__(self) -> bool:
         return not self.unranked
@@ -143,7 +165,7 @@ class SensitivityResult:
             "unranked": [group.to_dict() for group in self.unranked],
             "samples": list(self.samples), "dataset_size": self.dataset_size,
             "seconds": round(self.seconds, 3), "time_budget_s": self.time_budget_s,
-            "base_plan": self.base_plan,
+            "base_plan": self.base_plan, "mode": self.mode, "conditional": self.conditional,
         }
 
     @classmethod
@@ -158,6 +180,7 @@ class SensitivityResult:
             samples=list(data.get("samples", [])), dataset_size=int(data.get("dataset_size", 0)),
             seconds=float(data["seconds"]), time_budget_s=float(data["time_budget_s"]),
             base_plan=dict(data.get("base_plan", {})),
+            mode=data.get("mode", Mode.ONESHOT.value), conditional=int(data.get("conditional", 0)),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -183,21 +206,28 @@ def _num_in(value: float | str) -> float:
 # --- proxies: pure numpy -------------------------------------------------------------------------
 def sample_errors(proxy: Proxy, candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-sample statistics [N, 2] from which the proxy is summed:
-    sqnr: (sum_j r_ij^2, sum_j (r_ij - x_ij)^2);  kl: (KL_i, 1) with
-    KL_i = sum_c p_ic (log p_ic - log q_ic), p = softmax(r_i), q = softmax(x_i) (float64)."""
+    sqnr: (sum_j r_ij^2, sum_j (r_ij - x_ij)^2);  kl: (KL_i, 1);  top1: (KL_i, d_i) with
+    KL_i = sum_c p_ic (log p_ic - log q_ic), p = softmax(r_i), q = softmax(x_i) (float64) and
+    d_i = 1 where argmax x_i != argmax r_i, else 0."""
     cand = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
     ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
     if proxy is Proxy.SQNR:
         return np.stack([np.sum(ref**2, axis=1), np.sum((ref - cand) ** 2, axis=1)], axis=1)
     log_p, log_q = _log_softmax(ref), _log_softmax(cand)
     kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=1)
-    return np.stack([np.maximum(kl, 0.0), np.ones(len(kl))], axis=1)
+    second = (np.argmax(cand, axis=1) != np.argmax(ref, axis=1)).astype(np.float64) if proxy is Proxy.TOP1 \
+        else np.ones(len(kl))
+    return np.stack([np.maximum(kl, 0.0), second], axis=1)
 
 
 def proxy_value(proxy: Proxy, stats: np.ndarray) -> float:
-    """sqnr: 10 log10(sum signal / sum noise) dB (inf when exact); kl: mean KL_i."""
+    """sqnr: 10 log10(sum signal / sum noise) dB (inf when exact); kl: mean KL_i;
+    top1: mean d_i + k / (1 + k) / N with k = mean KL_i (the tie-break stays under 1/N)."""
     if proxy is Proxy.KL:
         return float(np.mean(stats[:, 0]))
+    if proxy is Proxy.TOP1:
+        mean_kl = float(np.mean(stats[:, 0]))
+        return float(np.mean(stats[:, 1])) + mean_kl / (1.0 + mean_kl) / len(stats)
     signal, noise = float(np.sum(stats[:, 0])), float(np.sum(stats[:, 1]))
     if noise == 0.0:
         return math.inf
@@ -205,7 +235,10 @@ def proxy_value(proxy: Proxy, stats: np.ndarray) -> float:
 
 
 def worst_samples(proxy: Proxy, stats: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the `count` samples with the largest error (noise/signal or KL), worst first."""
+    """Indices of the `count` samples with the largest error (noise/signal or KL; top1: the
+    disagreeing samples first, then by KL), worst first."""
+    if proxy is Proxy.TOP1:
+        return np.lexsort((-stats[:, 0], -stats[:, 1]))[:count]
     if proxy is Proxy.KL:
         error = stats[:, 0]
     else:
@@ -214,7 +247,7 @@ def worst_samples(proxy: Proxy, stats: np.ndarray, count: int) -> np.ndarray:
 
 
 def _gain(proxy: Proxy, value: float, base: float) -> float:
-    if proxy is Proxy.KL:
+    if proxy is not Proxy.SQNR:
         return base - value
     if math.isinf(value) and math.isinf(base):
         return 0.0
@@ -272,13 +305,20 @@ def rank_sensitivity(
     subset: int = 16,
     time_budget_s: float = 60.0,
     smoothing: Smoothing | None = None,
+    mode: Mode | str = Mode.ONESHOT,
+    depth: int = 3,
+    candidates: int = 12,
 ) -> SensitivityResult:
     """Rank the quantized node groups of `model` by the proxy gain of returning each alone to
     fp32 (see the module docstring). `calibration` supplies `float_tensors` to keep float (as
     `build_int8(skip_tensors=...)`); `smoothing` is passed to `build_int8`. `dataset` is any
-    iterable of Samples (a Dataset); the `subset` worst samples are scored."""
+    iterable of Samples (a Dataset); the `subset` worst samples are scored. mode="greedy" re-ranks
+    positions 2..`depth` conditionally on the groups above, among the `candidates` best of the
+    first pass (module docstring, step 4)."""
     start = _clock()
-    proxy, flavour = Proxy(proxy), Int8Flavour(flavour)
+    proxy, flavour, mode = Proxy(proxy), Int8Flavour(flavour), Mode(mode)
+    if depth < 1 or candidates < 1:
+        raise ValueError(f"depth and candidates must be >= 1, got {depth} and {candidates}")
     if subset < 1:
         raise ValueError(f"subset must be >= 1 sample, got {subset}")
     if time_budget_s < 0:
@@ -298,9 +338,12 @@ def rank_sensitivity(
         proxy=proxy.value, flavour=flavour.value, base_proxy=proxy_value(proxy, base_stats),
         fp32_proxy=math.inf if proxy is Proxy.SQNR else 0.0,
         samples=[sample.source for sample in picked], dataset_size=len(samples),
-        time_budget_s=float(time_budget_s), base_plan=base_plan.to_dict())
+        time_budget_s=float(time_budget_s), base_plan=base_plan.to_dict(), mode=mode.value)
     scored = _score_groups(runner, groups, base_plan, picked, reference, result, start)
     scored.sort(key=lambda item: -item[1])  # stable: ties keep prior order
+    if mode is Mode.GREEDY and scored:
+        scored, result.conditional = _greedy(runner, scored, base_plan, picked, reference, result, start,
+                                             depth, candidates)
     result.rows = [RankedGroup(rank, group, value, gain, seconds)
                    for rank, (group, gain, value, seconds) in enumerate(scored, start=1)]
     result.seconds = _clock() - start
@@ -331,6 +374,49 @@ def _score_groups(runner: _Runner, groups: list[NodeGroup], base_plan: Precision
         logger.debug("sensitivity: %s %s -> %s %.4g (gain %.4g)", group.group, list(group.nodes),
                      runner.proxy.value, value, gain)
     return scored
+
+
+def _with_fp32(plan: PrecisionPlan, groups: Iterable[NodeGroup]) -> PrecisionPlan:
+    for name in dict.fromkeys(name for group in groups for name in group.nodes):
+        plan = plan.with_rule(MatchKind.NAME, name, Precision.FP32)
+    return plan
+
+
+def _greedy(runner: _Runner, scored: list[tuple], base_plan: PrecisionPlan, picked: list,
+            reference: list[np.ndarray], result: SensitivityResult, start: float, depth: int,
+            candidates: int) -> tuple[list[tuple], int]:
+    """Re-rank positions 2..depth of `scored` (first-pass order, best first) conditionally: each
+    step rebuilds the first `candidates` unchosen groups with the chosen ones in fp32 and takes
+    the best. Returns the new order (chosen first, the rest in first-pass order) and how many
+    ranks were chosen (rank 1 counts: it is the first pass's best)."""
+    chosen = [scored[0]]
+    pool = list(scored[1:])
+    costs = [item[3] for item in scored]
+    while len(chosen) < depth and pool:
+        trial: list[tuple] = []
+        for item in pool[:candidates]:
+            mean_cost = sum(costs) / len(costs)
+            if _clock() - start + mean_cost > result.time_budget_s:
+                logger.info("sensitivity: time budget %.1f s reached in greedy step %d", result.time_budget_s,
+                            len(chosen) + 1)
+                break
+            began = _clock()
+            plan = _with_fp32(base_plan, [entry[0] for entry in chosen] + [item[0]])
+            stats, _ = runner.stats(runner.build(plan).proto, picked, reference)
+            value = proxy_value(runner.proxy, stats)
+            seconds = _clock() - began
+            costs.append(seconds)
+            trial.append((item[0], _gain(runner.proxy, value, result.base_proxy), value, seconds))
+        if not trial:
+            break
+        best = max(range(len(trial)), key=lambda i: trial[i][1])  # first of equals: first-pass order
+        chosen.append(trial[best])
+        pool = [item for item in pool if item[0] is not trial[best][0]]
+        logger.info("sensitivity: greedy rank %d: %s (cumulative %s %.4g)", len(chosen), trial[best][0].group,
+                    runner.proxy.value, trial[best][2])
+        if len(trial) < min(candidates, len(pool) + 1):
+            break  # budget ran out mid-step
+    return chosen + pool, len(chosen)
 
 
 # --- grouping --------------------------------------------------------------------------------
