@@ -240,13 +240,19 @@ def method_notes(args) -> list[str]:
          "input's whole-tensor and median-channel SQNR and of the weights') and those left when the budget "
          "ends are unranked."),
         "- `prior-only top-3`: the 3 groups the cheap prior alone would pick (no rebuilds), for comparison.",
-        ("- Is the ranking or the grouping the limit on EfficientNet-Lite0? Checked by hand (2026-11-26 03:23 "
-         "UTC): ranking by KL on all 128 evaluation crops themselves (in-sample) or on all 96 calibration "
-         "crops picks the same top groups (block 15's depthwise output, the stem output, block 0's depthwise "
-         "output) and gives the same agreement, 0.8906 for top-3 (0.33 of the drop) and 0.8906-0.9062 for "
-         "top-5. A better ranking would not help here: the groups that matter most on their own do not add up "
-         "to half of this drop. Closing it needs a cumulative search over groups (re-ranking after each choice) "
-         "or better ranges (mse ranges lose 10.2 points instead of 16.4, docs/perf.md above)."),
+        ("- `greedy` mode (`rank_sensitivity(mode=\"greedy\", depth=3, candidates=12)`): rank 1 is the first "
+         "pass's best; for ranks 2 and 3 the 12 best groups of the first pass not yet chosen are rebuilt again "
+         "with the chosen ones in fp32, and the best of them (by the proxy on the same calibration subset) "
+         "takes the rank; its gains are cumulative. Ranks after 3 keep the first-pass order, so the top-5 and "
+         "top-10 points of a greedy curve mix the two orders and need not rise. Cost: 2 x 12 extra rebuilds."),
+        ("- Classifier proxy, checked by hand on EfficientNet-Lite0 (2026-11-26 03:40 UTC, same bench, "
+         "`--classifier-subset 64`, two runs sharing the 2 cores, so their times are not comparable): KL on "
+         "the 64 worst calibration crops: entropy 0.33 one-shot, 0.38 greedy; mse 0.08 one-shot, 0.46 greedy. "
+         "Top-1 disagreement tie-broken by KL (`--classifier-proxy top1`) on 64 crops: entropy 0.24 one-shot, "
+         "0.43 greedy; mse 0.38 one-shot, 0.38 greedy. Neither correlates better with the 128-crop agreement "
+         "than KL on 16 crops, so the table keeps the project's default (KL, 16 worst crops). With mse ranges "
+         "the drop is 13 crops, so one crop moves the fraction by 0.08: 0.46 and 0.54 are one crop apart and "
+         "the EfficientNet results are within that noise."),
         ("- Drops are in points (100 x fraction) against fp32 on the same samples; the CI is the "
          "paired-bootstrap 95% interval of the int8 drop. One EfficientNet crop is 0.78 points of agreement, "
          "so its fractions move by about 0.05 per crop; the output SQNR column is the finer view."),

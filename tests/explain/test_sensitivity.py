@@ -9,6 +9,7 @@ from tests.build._support import as_model, minmax_ranges, residual_cnn
 from trimtab.build import PrecisionPlan, build_int8
 from trimtab.data import Dataset
 from trimtab.data.dataset import Sample
+from trimtab.explain import sensitivity
 from trimtab.explain.sensitivity import (
     Proxy,
     SensitivityResult,
@@ -18,7 +19,6 @@ from trimtab.explain.sensitivity import (
     sample_errors,
     worst_samples,
 )
-from trimtab.explain import sensitivity
 
 
 def _matmul_chain(seed: int = 0):
@@ -209,7 +209,7 @@ def _planted_landscape(monkeypatch):
 def test_greedy_ranks_by_what_a_group_adds(chain, monkeypatch):
     _planted_landscape(monkeypatch)
     model, ranges, data = chain
-    order = lambda result: [row.group.nodes[0] for row in result.rows]  # noqa: E731
+    order = lambda result: [row.group.nodes[0] for row in result.rows]
     oneshot = rank_sensitivity(model, ranges, "ort-cpu", data, subset=4, time_budget_s=120)
     assert order(oneshot) == ["mm3", "mm2", "mm1", "mm4"] and oneshot.mode == "oneshot"
     assert oneshot.conditional == 0
