@@ -16,12 +16,6 @@ def test_bias_scale_is_input_times_weight_scale():
     np.testing.assert_array_equal(values, [250, -1250])
 
 
-def test_sqnr():
-    x = np.ones(100, np.float32)
-    assert qmath.sqnr_db(x, x) == float("inf")
-    assert abs(qmath.sqnr_db(x, x * 1.1) - 20.0) < 1e-4
-
-
 def test_nearly_dead_channel_keeps_its_bias():
     """BN folding leaves channels with ~1e-11 weights and an ordinary bias: the weight scale is
     raised so the int32 bias does not saturate."""

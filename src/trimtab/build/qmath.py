@@ -60,13 +60,3 @@ def fake_quantize(x: np.ndarray, params: QParams) -> np.ndarray:
     info = np.iinfo(params.dtype)
     q = np.clip(np.round(x / params.scale) + params.zero_point, info.min, info.max)
     return ((q - params.zero_point) * params.scale).astype(np.float32)
-
-
-def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
-    """Signal-to-quantisation-noise ratio, 10 log10(sum(ref^2) / sum((ref - approx)^2)) in dB."""
-    reference = reference.astype(np.float64)
-    noise = np.sum((reference - approximation.astype(np.float64)) ** 2)
-    signal = np.sum(reference**2)
-    if noise == 0:
-        return float("inf")
-    return float(10 * np.log10(max(signal, 1e-300) / noise))
