@@ -268,8 +268,7 @@ def calibrate_cmd(
     _setup_logging(verbose)
     config = TuneConfig(methods=tuple(method) if method else tuple(CalibrationMethod))
     data = _open_data(calib, model, preset, "calibration")
-    setup = _resolve_setup(model, data, data if data is not None else None, config) if data is not None else \
-        _resolve_setup(model, None, None, config)
+    setup = _resolve_setup(model, data, data, config)  # None for both: the example's own data
     loaded = load_model(model)
     folder = RunFolder(out)
     with _Bars(progress) as bars:
