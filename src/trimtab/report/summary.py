@@ -32,6 +32,7 @@ class CandidateSummary:
     flavour: str | None = None
     p_value: float | None = None  # McNemar (paired classification)
     extras: dict[str, Any] = field(default_factory=dict)
+    fallback_nodes: list[str] = field(default_factory=list)  # mixed plans: nodes returned to higher precision
 
 
 @dataclass
@@ -50,6 +51,13 @@ class Summary:
     timings_s: dict[str, float] = field(default_factory=dict)
     command: str = ""
     notes: list[str] = field(default_factory=list)
+    # How the choice was made (search/decide.py): rule ("point" or "strict"), warnings,
+    # samples_needed, recommendation {precision, qat, why} or None.
+    decision: dict[str, Any] = field(default_factory=dict)
+    # The mixed-precision search (search/mixed.py): status, start, evaluations, reused,
+    # seconds, steps [{plan, fallback_groups, fallback_nodes, metric_value, drop, ci95, within_budget, artifact}].
+    search: dict[str, Any] = field(default_factory=dict)
+    scenario: dict[str, Any] = field(default_factory=dict)  # name, description, objective, batch_size, budget, rule
 
     def candidate(self, name: str) -> CandidateSummary:
         for candidate in self.candidates:
