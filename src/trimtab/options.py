@@ -35,3 +35,18 @@ class Target(StrEnum):
     ORT_CPU = "ort-cpu"
     GPU = "gpu"
     TENSORRT = "tensorrt"
+
+
+class DecisionRule(StrEnum):
+    """How a measured drop is judged against the budget (search/decide.py)."""
+
+    POINT = "point"  # the point estimate is within the budget (warn when the interval is not)
+    STRICT = "strict"  # the 95% interval's upper bound is within the budget
+
+
+class Objective(StrEnum):
+    """What "fastest" means when choosing."""
+
+    THROUGHPUT = "throughput"  # samples per second at the bench batch
+    LATENCY = "latency"  # median latency per batch
+    P99 = "p99"  # 99th-percentile latency per batch

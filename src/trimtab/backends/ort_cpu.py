@@ -45,6 +45,14 @@ class OrtCpuBackend(Backend):
         self._session = None
 
     def _prepare(self) -> None:
+        self._session = self._new_session(self._session_options())
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self._input_meta = {
+            i.name: (list(i.shape), _ORT_TYPES.get(i.type, np.float32)) for i in self._session.get_inputs()
+        }
+
+    def _session_options(self):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -60,21 +68,50 @@ class OrtCpuBackend(Backend):
             options.inter_op_num_threads = 1
         if not self.optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        source = self._model_bytes()
+        return options
+
+    def _new_session(self, options):
+        import onnxruntime as ort
+
         try:
-            self._session = ort.InferenceSession(
-                source, options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
+            return ort.InferenceSession(
+                self._model_bytes(), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise InvalidModelError(
                 f"ONNX Runtime could not load the model: {exc}",
                 hint="check the file with `python -m onnx.checker` or rebuild the artifact",
             ) from exc
-        self.input_names = [i.name for i in self._session.get_inputs()]
-        self.output_names = [o.name for o in self._session.get_outputs()]
-        self._input_meta = {
-            i.name: (list(i.shape), _ORT_TYPES.get(i.type, np.float32)) for i in self._session.get_inputs()
-        }
+
+    def profile_node_times(self, feeds: dict[str, np.ndarray], runs: int = 10) -> dict[str, float]:
+        """Milliseconds per run spent in each kernel, keyed by ONNX Runtime's node name after its
+        graph optimisations (fused nodes carry suffixes such as `_token_12` or `_nchwc`; see
+        trimtab.search.cost). A separate profiling session is used; the timed one is untouched.
+        The first run is a warm-up and is not counted."""
+        import json
+        import tempfile
+
+        self.prepare()
+        options = self._session_options()
+        with tempfile.TemporaryDirectory(prefix="trimtab-profile-") as folder:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(folder) / "ort")
+            session = self._new_session(options)
+            inputs = {name: feeds[name] for name in self.input_names}
+            session.run(None, inputs)
+            for _ in range(runs):
+                session.run(None, inputs)
+            events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+        totals: dict[str, float] = {}
+        seen: dict[str, int] = {}
+        for event in events:
+            if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+                continue
+            name = event["name"][: -len("_kernel_time")]
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:  # the first call of each kernel is the warm-up run
+                totals[name] = totals.get(name, 0.0) + event["dur"] / 1000.0
+        return {name: total / runs for name, total in totals.items()}
 
     def _model_bytes(self):
         if isinstance(self.model, (str, Path)):

@@ -1,5 +1,5 @@
-"""search/decide: choose a precision plan within the accuracy budget."""
+"""search: the mixed-precision search and the decision within the accuracy budget."""
 
-from trimtab.search.decide import CandidateScore, choose, within_budget
+from trimtab.search.decide import CandidateScore, Decision, choose, decide, passes, within_budget
 
-__all__ = ["CandidateScore", "choose", "within_budget"]
+__all__ = ["CandidateScore", "Decision", "choose", "decide", "passes", "within_budget"]
