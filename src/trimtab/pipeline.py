@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from trimtab.options import CalibrationMethod, Int8Flavour, Target, Task
+from trimtab.options import CalibrationMethod, DecisionRule, Int8Flavour, Objective, Target, Task
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,26 @@ class TuneConfig:
     val_limit: int | None = None
     measure_memory: bool = True
     explain: bool = True  # the cheap explain pass: lint, calibration diagnostics, coverage, layer diff
+    decision: DecisionRule = DecisionRule.POINT
+    objective: Objective = Objective.THROUGHPUT
+    latency_slo_ms: float | None = None  # p99 latency per batch every chosen candidate must meet
+    favour: tuple[str, float] | None = None  # (precision, margin): see search.decide.decide
+    search: bool = True  # the mixed-precision search when the best full-int8 candidate misses
+    max_evals: int = 8  # full evaluations the search may spend
+    time_limit_s: float | None = None  # the whole run; stages before the search always finish
+    scenario: str | None = None  # the preset that filled these fields (trimtab.scenarios)
+    require_calibration: bool = True  # False: without calibration data, build fp32/fp16 only
+    focus_ops: tuple[str, ...] = ()  # op types the sensitivity ranking tries first
 
     def __post_init__(self) -> None:
         if not self.budget >= 0:
             raise ValueError(f"budget must be >= 0 points, got {self.budget}")
+        if self.max_evals < 0:
+            raise ValueError(f"max_evals must be >= 0, got {self.max_evals}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be > 0 seconds, got {self.time_limit_s}")
+        object.__setattr__(self, "decision", DecisionRule(self.decision))
+        object.__setattr__(self, "objective", Objective(self.objective))
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         if not self.methods:
@@ -68,6 +84,8 @@ class RunFolder:
         self.root = Path(self.root)
         for sub in ("models", "calibration"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.rglob(".*.tmp"):  # an atomic write a kill interrupted
+            leftover.unlink(missing_ok=True)
 
     @property
     def models(self) -> Path:
@@ -104,6 +122,7 @@ class Measured:
     bench: Any = None  # trimtab.measure.BenchResult
     peak_mem_bytes: int | None = None
     extras: dict = field(default_factory=dict)
+    sha256: str = ""  # of the artifact's bytes: the key of its evaluation in the run state
 
 
 def device_description() -> str:
@@ -160,6 +179,8 @@ def tune(
     from trimtab.load import load_model
 
     config = config or TuneConfig()
+    started = time.monotonic()
+    deadline = started + config.time_limit_s if config.time_limit_s else None
     folder = RunFolder(Path(out))
     handler = _attach_log(folder.log)
     timer = StageTimer()
@@ -167,18 +188,29 @@ def tune(
         with timer("load"):
             model = load_model(model_source)
             setup = _resolve_setup(model_source, calib, val, config)
+            state = _run_state(model, setup, config, folder)
         with timer("calibrate"):
             calibrations = _calibrate_all(model, setup["calib"], config, folder, progress)
         with timer("build"):
             candidates = _build_all(model, calibrations, config, folder)
         with timer("evaluate"):
-            _evaluate_all(candidates, setup, config, progress)
+            evaluator = _Evaluator(setup, config, state, candidates[0], progress)
+            for candidate in candidates:
+                candidate.evaluation = evaluator(candidate.artifact)
+        with timer("search"):
+            search = _search(model, calibrations, candidates, evaluator, setup, config, folder, state, deadline)
         with timer("bench"):
             _bench_all(candidates, setup["val"], config, progress)
         summary = _summarise(model, candidates, setup, config, folder, timer, command)
-        if config.explain:
+        summary.search = search
+        summary.search["evaluations_total"] = {"run": evaluator.run, "reused": evaluator.reused}
+        if evaluator.reused:
+            summary.notes.append(f"Resumed from the run folder: {evaluator.reused} evaluation(s) reused, "
+                                 f"{evaluator.run} run now.")
+        if config.explain and calibrations:
             with timer("explain"):
-                summary.notes.extend(_explain(model, calibrations, candidates, setup, summary, folder))
+                summary.notes.extend(_explain(model, calibrations, candidates, setup, summary, folder,
+                                              ranked=bool(search.get("steps"))))
             summary.timings_s = dict(timer.seconds)
         _write_outputs(summary, candidates, folder)
         return summary
@@ -209,13 +241,13 @@ def _resolve_setup(model_source: Any, calib: Any, val: Any, config: TuneConfig) 
         example = get_example(model_source.split(":", 1)[1])
     calib = calib if calib is not None else (example.calibration_data() if example else None)
     val = val if val is not None else (example.validation_data() if example else None)
-    if calib is None or val is None:
+    if (calib is None and config.require_calibration) or val is None:
         missing = "--calib" if calib is None else "--val"
         raise InvalidDataError(
             f"tuning needs calibration and validation data; {missing} was not given",
             hint="pass --calib DIR (unlabelled samples) and --val DIR (labelled if possible)",
         )
-    if config.calib_limit:
+    if config.calib_limit and calib is not None:
         calib = calib.take(config.calib_limit)
     if config.val_limit:
         val = val.take(config.val_limit)
@@ -238,6 +270,9 @@ def _calibrate_all(model, calib, config: TuneConfig, folder: RunFolder, progress
     from trimtab.calibrate import calibrate, write_trt_cache
 
     results = {}
+    if calib is None:  # a scenario that needs none (edge): fp32 and fp16 only
+        log.info("no calibration data: int8 candidates are not built")
+        return results
     for method in config.methods:
         report = (lambda done, total: progress("calibrate", done, total)) if progress else None
         results[method] = calibrate(
@@ -298,28 +333,109 @@ def _smoothed_candidate(model, calibrations: dict, config: TuneConfig):
     return artifact
 
 
-def _evaluate_all(candidates: list[Measured], setup: dict, config: TuneConfig, progress: Progress | None) -> None:
-    from trimtab.backends import get_backend
-    from trimtab.measure import collect_outputs, evaluate
+def _run_state(model, setup: dict, config: TuneConfig, folder: RunFolder):
+    """The run folder's record of finished work; it is reused only for the same model, data,
+    task, metric and target."""
+    from trimtab.resume import RunState
 
-    val = setup["val"]
-    outputs = {}
-    for candidate in candidates:
-        report = (lambda done, total, n=candidate.artifact.name: progress(f"evaluate {n}", done, total)) if progress else None
-        with get_backend(config.target, str(candidate.path), threads=config.threads) as backend:
-            outputs[candidate.artifact.name] = collect_outputs(
-                backend, val, batch_size=config.eval_batch_size, progress=report
-            )
-    reference = outputs[candidates[0].artifact.name]
-    for candidate in candidates:
-        candidate.evaluation = evaluate(
-            setup["task"],
-            setup["metric"],
-            outputs[candidate.artifact.name],
-            reference,
-            labels=reference.labels,
-            extra_metrics=setup["extra_metrics"],
-        )
+    calib = setup["calib"]
+    identity = {"model_sha256": model.sha256, "validation": setup["val"].fingerprint(),
+                "calibration": calib.fingerprint() if calib is not None else None, "task": setup["task"].value,
+                "metric": setup["metric"], "target": config.target.value, "eval_batch_size": config.eval_batch_size}
+    return RunState(folder.root, identity)
+
+
+class _Evaluator:
+    """Evaluates artifacts on the validation set against the fp32 reference outputs, through the
+    run state: an artifact evaluated before (same bytes) is not evaluated again."""
+
+    def __init__(self, setup: dict, config: TuneConfig, state, fp32: Measured, progress: Progress | None) -> None:
+        self.setup, self.config, self.state, self.progress = setup, config, state, progress
+        self.fp32 = fp32
+        self._reference = None
+        self.run = self.reused = 0
+
+    def __call__(self, artifact):
+        from trimtab.measure import evaluate
+        from trimtab.resume import sha256_bytes
+
+        sha = sha256_bytes(artifact.proto.SerializeToString())
+        cached = self.state.evaluation(sha)
+        if cached is not None:
+            self.reused += 1
+            return cached
+        reference = self.reference()
+        outputs = reference if artifact is self.fp32.artifact else self._outputs(artifact)
+        result = evaluate(self.setup["task"], self.setup["metric"], outputs, reference, labels=reference.labels,
+                          extra_metrics=self.setup["extra_metrics"])
+        self.state.save_evaluation(sha, result)
+        self.run += 1
+        return result
+
+    def reference(self):
+        """The fp32 outputs on the validation set (saved in the run state)."""
+        from trimtab.resume import sha256_bytes
+
+        if self._reference is None:
+            sha = sha256_bytes(self.fp32.artifact.proto.SerializeToString())
+            self._reference = self.state.reference_outputs(sha)
+            if self._reference is None:
+                self._reference = self._outputs(self.fp32.artifact)
+                self.state.save_reference_outputs(sha, self._reference)
+        return self._reference
+
+    def _outputs(self, artifact):
+        from trimtab.backends import get_backend
+        from trimtab.measure import collect_outputs
+
+        name = artifact.name
+        report = (lambda done, total: self.progress(f"evaluate {name}", done, total)) if self.progress else None
+        with get_backend(self.config.target, artifact.proto, threads=self.config.threads) as backend:
+            return collect_outputs(backend, self.setup["val"], batch_size=self.config.eval_batch_size, progress=report)
+
+
+def _search(model, calibrations: dict, candidates: list[Measured], evaluator: _Evaluator, setup: dict,
+            config: TuneConfig, folder: RunFolder, state, deadline: float | None) -> dict:
+    """The mixed-precision search from the best full-int8 candidate, when it misses the budget.
+    Its best plan joins `candidates` (timed with the others). Returns summary.json's `search`."""
+    from trimtab.resume import sha256_bytes
+    from trimtab.search import passes
+    from trimtab.search.run import SearchInputs, run_search
+
+    int8 = [c for c in candidates if c.artifact.precision == "int8"]
+    if not int8:
+        return {"status": "skipped", "why": "no int8 candidate"}
+    base = min(int8, key=lambda c: c.evaluation.drop_points)
+    judge = lambda result: passes(_score(result), config.budget, config.decision)  # noqa: E731
+    if judge(base.evaluation):
+        return {"status": "skipped", "start": base.artifact.name,
+                "why": f"{base.artifact.name} meets the budget under the {config.decision.value} rule"}
+    if not config.search or config.max_evals == 0:
+        return {"status": "skipped", "start": base.artifact.name, "why": "the search is turned off"}
+    if config.target != Target.ORT_CPU:
+        return {"status": "skipped", "start": base.artifact.name,
+                "why": f"the search measures fallback costs with ONNX Runtime CPU only; target is {config.target.value}"}
+    began = time.monotonic()
+    inputs = SearchInputs(
+        model=model, base=base, fp32=candidates[0], calibration=calibrations[CalibrationMethod(base.artifact.calibration)],
+        validation=setup["val"], feeds=_bench_feeds(setup["val"], config.batch_size), evaluate=evaluator,
+        passes=judge, models_dir=folder.models, root=folder.root, state=state,
+        base_sha=sha256_bytes(base.artifact.proto.SerializeToString()), threads=config.threads,
+        focus_ops=tuple(config.focus_ops))
+    run = run_search(inputs, max_evals=config.max_evals, deadline=deadline)
+    if run.best_artifact is not None:
+        candidates.append(Measured(artifact=run.best_artifact, path=run.best_path, evaluation=run.best_evaluation))
+    return run.to_dict(base.artifact.name, time.monotonic() - began)
+
+
+def _score(result, name: str = "", precision: str = "", bench=None):
+    from trimtab.search import CandidateScore
+
+    return CandidateScore(
+        name=name, precision=precision, drop_points=result.drop_points,
+        throughput_per_s=bench.throughput_per_s if bench else 0.0, ci95=tuple(result.ci95),
+        speedup=bench.speedup if bench else None, latency_ms=dict(bench.latency_ms) if bench else None,
+        n_samples=result.n_samples)
 
 
 def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Progress | None) -> None:
@@ -364,10 +480,12 @@ def _bench_feeds(val, batch_size: int) -> dict:
     return {name: np.ascontiguousarray(array) for name, array in batch.inputs.items()}
 
 
-def _explain(model, calibrations: dict, candidates: list[Measured], setup: dict, summary, folder: RunFolder):
+def _explain(model, calibrations: dict, candidates: list[Measured], setup: dict, summary, folder: RunFolder,
+             ranked: bool = False):
     """Run the cheap explain pass on the int8 candidate that matters: the chosen one, or else the
-    most accurate int8 (to show where its accuracy went). Returns notes for the summary. A failure
-    here is logged and noted, never allowed to lose the decision already made."""
+    most accurate int8 (to show where its accuracy went). The sensitivity ranking runs here only
+    when int8 misses and the search did not rank already (`ranked`). Returns notes for the
+    summary. A failure here is logged and noted, never allowed to lose the decision already made."""
     from trimtab.explain.run import explain_run, sensitivity_run
 
     int8 = [c for c in candidates if c.artifact.precision == "int8"]
@@ -378,7 +496,7 @@ def _explain(model, calibrations: dict, candidates: list[Measured], setup: dict,
     try:
         notes = explain_run(model, calibrations[method], setup["val"], target.artifact if target else None,
                             folder.root).notes
-        if over_budget:
+        if over_budget and not ranked:
             notes += sensitivity_run(model, calibrations[method], setup["val"], target.artifact, folder.root).notes
     except Exception as exc:  # diagnostics must not cost the user the tuning result
         log.exception("the explain pass failed")
@@ -389,21 +507,13 @@ def _explain(model, calibrations: dict, candidates: list[Measured], setup: dict,
 def _summarise(model, candidates, setup, config: TuneConfig, folder: RunFolder, timer: StageTimer, command: str):
     from trimtab import __version__
     from trimtab.report.summary import CandidateSummary, Summary
-    from trimtab.search import CandidateScore, choose, within_budget
+    from trimtab.search import decide, passes
 
-    scores = [
-        CandidateScore(
-            name=c.artifact.name,
-            precision=c.artifact.precision,
-            drop_points=c.evaluation.drop_points,
-            throughput_per_s=c.bench.throughput_per_s,
-            ci95=tuple(c.evaluation.ci95),
-            speedup=c.bench.speedup,
-        )
-        for c in candidates
-    ]
-    chosen, reason = choose(scores, config.budget, baseline=candidates[0].artifact.name)
-    rows = [_candidate_row(c, folder, within_budget(c.evaluation.drop_points, config.budget)) for c in candidates]
+    scores = [_score(c.evaluation, c.artifact.name, c.artifact.precision, c.bench) for c in candidates]
+    decision = decide(scores, config.budget, rule=config.decision, objective=config.objective,
+                      baseline=candidates[0].artifact.name, latency_slo_ms=config.latency_slo_ms, favour=config.favour)
+    rows = [_candidate_row(c, folder, passes(score, config.budget, config.decision))
+            for c, score in zip(candidates, scores)]
     baseline = candidates[0]
     return Summary(
         trimtab_version=__version__,
@@ -414,12 +524,22 @@ def _summarise(model, candidates, setup, config: TuneConfig, folder: RunFolder, 
         budget=config.budget,
         baseline={"name": baseline.artifact.name, "metric_value": _finite(baseline.evaluation.value)},
         candidates=[CandidateSummary(**row) for row in rows],
-        chosen=chosen,
-        reason=reason,
+        chosen=decision.chosen,
+        reason=decision.reason,
         timings_s=dict(timer.seconds),
         command=command,
         notes=_notes(candidates, setup, config),
+        decision=decision.to_dict(),
+        scenario=_scenario_dict(config),
     )
+
+
+def _scenario_dict(config: TuneConfig) -> dict:
+    if not config.scenario:
+        return {}
+    from trimtab.scenarios import get_scenario
+
+    return get_scenario(config.scenario).to_dict()
 
 
 def _notes(candidates: list[Measured], setup: dict, config: TuneConfig) -> list[str]:
@@ -438,7 +558,7 @@ def _notes(candidates: list[Measured], setup: dict, config: TuneConfig) -> list[
                 "so fp16 pays only on GPUs."
             )
         low, high = c.evaluation.ci95
-        if c.evaluation.drop_points <= config.budget < high:
+        if c.evaluation.drop_points <= config.budget < high and config.decision == DecisionRule.POINT:
             notes.append(
                 f"{c.artifact.name}: the drop's 95% interval reaches {high:.2f} points, over the budget; "
                 "the evidence that it is within budget is weak."
@@ -468,6 +588,7 @@ def _candidate_row(c: Measured, folder: RunFolder, ok: bool) -> dict:
         flavour=c.artifact.flavour,
         p_value=_finite(evaluation.p_value) if evaluation.p_value is not None else None,
         extras={k: _finite(v) for k, v in (evaluation.extras or {}).items() if isinstance(v, (int, float))},
+        fallback_nodes=list(c.artifact.notes.get("fallback_nodes", [])),
     )
 
 
@@ -501,9 +622,9 @@ def _plan_of(artifact) -> dict:
     build left in higher precision listed as an exact-name fp32 rule."""
     from trimtab.build.plan import PrecisionPlan
 
-    precision = artifact.precision if artifact.precision in ("fp32", "fp16", "int8") else "fp32"
-    plan = PrecisionPlan.uniform(precision)
+    precision = {"mixed": "int8"}.get(artifact.precision, artifact.precision)
+    plan = PrecisionPlan.uniform(precision if precision in ("fp32", "fp16", "int8") else "fp32")
     kept = artifact.notes.get("kept_fp32") or artifact.notes.get("skipped") or {}
-    for name in kept:
+    for name in dict.fromkeys([*artifact.notes.get("fallback_nodes", []), *kept]):
         plan = plan.with_rule("name", name, "fp32")
     return plan.to_dict()

@@ -2,7 +2,7 @@
 repeating it: `trimtab tune ... --out SAME_DIR`.
 
     state/identity.json      what the results below depend on: model, data, task, metric, target
-    state/eval-<name>.json   one candidate's EvalResult, keyed by the sha256 of its artifact
+    state/eval-<sha256>.json the EvalResult of one artifact (any candidate or search step)
     state/reference.npz      the fp32 outputs on the validation set (new plans are compared to them)
     state/<key>.json         search records (ranking, measured costs, verified steps)
 
@@ -45,11 +45,11 @@ class RunState:
         atomic_write_json(self.folder / "identity.json", self.identity)
 
     # --- evaluations --------------------------------------------------------------------------
-    def evaluation(self, name: str, artifact_sha: str):
-        """The saved EvalResult of candidate `name`, if it was evaluated from the same artifact."""
+    def evaluation(self, artifact_sha: str):
+        """The saved EvalResult of the artifact with this sha256, if it was evaluated."""
         from trimtab.measure import EvalResult
 
-        data = self._read_json(self._path(f"eval-{name}"))
+        data = self._read_json(self._path(f"eval-{artifact_sha[:32]}"))
         if not data or data.get("artifact_sha256") != artifact_sha:
             return None
         try:
@@ -57,8 +57,8 @@ class RunState:
         except (KeyError, TypeError, ValueError):
             return None
 
-    def save_evaluation(self, name: str, artifact_sha: str, result) -> None:
-        atomic_write_json(self._path(f"eval-{name}"), {"artifact_sha256": artifact_sha, "result": result.to_dict()})
+    def save_evaluation(self, artifact_sha: str, result) -> None:
+        atomic_write_json(self._path(f"eval-{artifact_sha[:32]}"), {"artifact_sha256": artifact_sha, "result": result.to_dict()})
 
     def reference_outputs(self, artifact_sha: str):
         """The fp32 Outputs saved by `save_reference_outputs`, or None."""

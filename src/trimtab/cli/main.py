@@ -17,7 +17,7 @@ import typer
 from trimtab.errors import TrimtabError
 
 log = logging.getLogger("trimtab.cli")
-from trimtab.options import CalibrationMethod, Int8Flavour, Precision, Target, Task
+from trimtab.options import CalibrationMethod, DecisionRule, Int8Flavour, Precision, Target, Task
 
 app = typer.Typer(
     add_completion=False,
@@ -160,22 +160,22 @@ class _Bars:
 # tune and demo
 
 
-def _run_tune(model: str, calib, val, *, out: Path, budget: float, task, metric, target, methods,
-              batch_size: int, threads, bench_seconds: float, preset, progress, verbose: int) -> None:
+def _run_tune(model: str, calib, val, *, out: Path, preset, progress, verbose: int, **options) -> None:
+    """`options`: TuneConfig fields; None means "not given" (the scenario's or the default value)."""
     from trimtab.pipeline import TuneConfig, tune
+    from trimtab.scenarios import get_scenario
 
     _setup_logging(verbose)
-    config = TuneConfig(
-        task=task,
-        metric=metric,
-        budget=budget,
-        target=target,
-        methods=tuple(methods) if methods else tuple(CalibrationMethod),
-        batch_size=batch_size,
-        threads=threads,
-        bench_seconds=bench_seconds,
-    )
-    calib_data = _open_data(calib, model, preset, "calibration")
+    fields = {}
+    if options.get("scenario"):
+        fields.update(get_scenario(options["scenario"]).config_fields())
+    methods = options.pop("methods", None)
+    if methods:
+        fields["methods"] = tuple(methods)
+    fields.update({key: value for key, value in options.items() if value is not None})
+    config = TuneConfig(**fields)
+    calib_data = None if calib is None and not config.require_calibration else _open_data(calib, model, preset,
+                                                                                          "calibration")
     val_data = _open_data(val, model, preset, "validation")
     command = "trimtab " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     with _Bars(progress) as bars:
@@ -193,8 +193,21 @@ def _print_summary(summary, out: Path) -> None:
             f"{c.name:<28} {c.metric_value:>10.4f} {c.metric_drop:>+7.2f} {ci:>17} {c.throughput_per_s:>9.1f} "
             f"{ratio:>8} {c.model_bytes / 1e6:>6.1f}  {mark}"
         )
+    search = summary.search or {}
+    if search.get("steps"):
+        typer.echo(f"search: {search['status']} from {search.get('start')}, {search.get('evaluations', 0)} evaluation(s)"
+                   f" run, {search.get('reused', 0)} reused, best {search.get('best') or 'none'}")
     typer.echo(f"chosen: {summary.chosen}: {summary.reason}")
+    for warning in (summary.decision or {}).get("warnings", []):
+        typer.echo(f"warning: {warning}")
+    recommendation = (summary.decision or {}).get("recommendation")
+    if recommendation:
+        typer.echo(f"recommendation: {recommendation['why']}")
     typer.echo(f"run folder: {out}")
+
+
+SCENARIO_HELP = ("Deployment preset: surveillance (batch-32 throughput, int8 favoured), edge (batch-1 latency, "
+                 "fp16 favoured), recsys (p99 under 10 ms), medical (0.1 point, strict). Explicit options win.")
 
 
 @app.command()
@@ -204,21 +217,29 @@ def tune(
     val: Optional[Path] = typer.Option(None, help="Validation data (labelled when possible)."),
     task: Optional[Task] = typer.Option(None, help="classify, embed or generic (default: the example's, else classify)."),
     metric: Optional[str] = typer.Option(None, help="top1, agreement or cosine (default: by task and labels)."),
-    budget: float = typer.Option(1.0, help="Accepted metric drop in points (absolute)."),
+    budget: Optional[float] = typer.Option(None, help="Accepted metric drop in points (absolute; default 1)."),
+    decision: Optional[DecisionRule] = typer.Option(
+        None, help="point: the measured drop within budget (default); strict: its 95% upper bound too."),
+    scenario: Optional[str] = typer.Option(None, help=SCENARIO_HELP),
     target: Target = typer.Option(Target.ORT_CPU, help="Where the model will run."),
     method: Optional[list[CalibrationMethod]] = typer.Option(None, "--method", help="Calibration method(s); default all."),
-    batch_size: int = typer.Option(8, help="Benchmark batch size."),
+    batch_size: Optional[int] = typer.Option(None, help="Benchmark batch size (default 8)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: all cores)."),
     bench_seconds: float = typer.Option(20.0, help="Total interleaved timing time."),
+    search: bool = typer.Option(True, help="Search a mixed plan when full int8 misses the budget."),
+    max_evals: int = typer.Option(8, help="Full evaluations the mixed-precision search may spend."),
+    time_limit: Optional[float] = typer.Option(None, help="Seconds for the whole run; the search stops in time."),
     preset: Optional[str] = typer.Option(None, help="Preprocessing preset for image data (e.g. imagenet)."),
-    out: Path = typer.Option(Path("trimtab-run"), help="Run folder."),
+    out: Path = typer.Option(Path("trimtab-run"), help="Run folder; rerunning into the same folder resumes."),
     progress: Optional[bool] = ProgressOpt,
     verbose: int = VerboseOpt,
 ) -> None:
-    """Calibrate, build every candidate, measure accuracy and speed, choose, and write the run folder."""
-    _run_tune(model, calib, val, out=out, budget=budget, task=task, metric=metric, target=target, methods=method,
-              batch_size=batch_size, threads=threads, bench_seconds=bench_seconds, preset=preset,
-              progress=progress, verbose=verbose)
+    """Calibrate, build every candidate, measure accuracy and speed, search a mixed plan if needed,
+    choose, and write the run folder. A killed run resumes with the same command."""
+    _run_tune(model, calib, val, out=out, preset=preset, progress=progress, verbose=verbose, budget=budget,
+              task=task, metric=metric, target=target, methods=method, batch_size=batch_size, threads=threads,
+              bench_seconds=bench_seconds, decision=decision, scenario=scenario, search=search,
+              max_evals=max_evals, time_limit_s=time_limit)
 
 
 @app.command()
@@ -233,9 +254,9 @@ def demo(
     verbose: int = VerboseOpt,
 ) -> None:
     """`trimtab tune example:effnet-lite0` end to end on ONNX Runtime CPU."""
-    _run_tune(DEMO_MODEL, None, None, out=out, budget=budget, task=None, metric=None, target=Target.ORT_CPU,
-              methods=method, batch_size=batch_size, threads=threads, bench_seconds=bench_seconds, preset=None,
-              progress=progress, verbose=verbose)
+    _run_tune(DEMO_MODEL, None, None, out=out, preset=None, progress=progress, verbose=verbose, budget=budget,
+              target=Target.ORT_CPU, methods=method, batch_size=batch_size, threads=threads,
+              bench_seconds=bench_seconds)
 
 
 @app.command()
@@ -462,6 +483,22 @@ def _print_compare(result, top: int) -> None:
     else:
         typer.echo(f"capture check: final outputs agree with and without capture (relative max diff "
                    f"{result.capture_max_diff:.3g})")
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `trimtab tune` (it holds summary.json)."),
+    verbose: int = VerboseOpt,
+) -> None:
+    """Re-render RUN_DIR/report.html from the saved results alone (no model, no re-runs)."""
+    from trimtab.report import write_report_for_run
+
+    _setup_logging(verbose)
+    typer.echo(str(write_report_for_run(run_dir)))
 
 
 if __name__ == "__main__":

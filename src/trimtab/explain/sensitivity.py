@@ -308,13 +308,15 @@ def rank_sensitivity(
     mode: Mode | str = Mode.ONESHOT,
     depth: int = 3,
     candidates: int = 12,
+    focus_ops: Iterable[str] = (),
 ) -> SensitivityResult:
     """Rank the quantized node groups of `model` by the proxy gain of returning each alone to
     fp32 (see the module docstring). `calibration` supplies `float_tensors` to keep float (as
     `build_int8(skip_tensors=...)`); `smoothing` is passed to `build_int8`. `dataset` is any
     iterable of Samples (a Dataset); the `subset` worst samples are scored. mode="greedy" re-ranks
     positions 2..`depth` conditionally on the groups above, among the `candidates` best of the
-    first pass (module docstring, step 4)."""
+    first pass (module docstring, step 4). Groups containing a node of a `focus_ops` type are
+    tried first (prior order within each part), so a short budget spends itself on them."""
     start = _clock()
     proxy, flavour, mode = Proxy(proxy), Int8Flavour(flavour), Mode(mode)
     if depth < 1 or candidates < 1:
@@ -334,6 +336,8 @@ def rank_sensitivity(
     picked = [samples[i] for i in worst_samples(proxy, full_stats, subset)]
     base_stats, reference = runner.stats(base.proto, picked)
     groups = _order_by_prior(node_groups(model, base), model, base, picked)
+    focus = set(focus_ops)
+    groups.sort(key=lambda group: not focus.intersection(group.op_types))  # stable
     result = SensitivityResult(
         proxy=proxy.value, flavour=flavour.value, base_proxy=proxy_value(proxy, base_stats),
         fp32_proxy=math.inf if proxy is Proxy.SQNR else 0.0,
