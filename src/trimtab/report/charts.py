@@ -52,7 +52,8 @@ def pareto_front(points: Sequence[Point]) -> list[str]:
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About `count` round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    """About `count` round tick values, 1, 2 or 5 times a power of ten apart, from the last
+    multiple of the step at or below `lo` up to `hi` (callers drop those outside their axis)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
     raw = (hi - lo) / max(count, 1)

@@ -33,6 +33,7 @@ WORST_TENSORS = 8
 MAX_PLOTS = 12
 MAX_PLOT_BYTES = 4_000_000
 MAX_FINDINGS = 60
+MAX_RULES = 40
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GAIN_UNITS = {
     "sqnr": "gain over all-int8: output SQNR, dB (higher is better)",
@@ -267,12 +268,18 @@ def plan(run_dir: Path) -> str:
 
 
 def _plan(path: Path) -> str:
+    from trimtab.build.plan import PrecisionPlan
+
     data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    rules = data.get("rules") or []
+    plan = PrecisionPlan.from_dict(data)  # validates
     text = json.dumps(data, indent=2)
-    open_attr = " open" if text.count("\n") < 40 else ""
-    return (f"<p>Default precision <b>{esc(data.get('default', '?'))}</b>, {len(rules)} per-node exception(s) "
-            "(<code>plan.json</code>).</p>"
-            f"<details{open_attr}><summary>plan.json</summary><pre>{esc(text)}</pre></details>")
+    parts = [f"<p>Default precision <b>{esc(plan.default.value)}</b>, {len(plan.rules)} per-node exception(s) "
+             "(<code>plan.json</code>).</p>"]
+    if plan.rules:
+        cells = [[esc(rule.kind.value), f"<code>{esc(rule.value)}</code>", esc(rule.precision.value)]
+                 for rule in plan.rules[:MAX_RULES]]
+        parts.append(table(["match", "value", "precision"], cells, cls="text"))
+        if len(plan.rules) > MAX_RULES:
+            parts.append(note(f"{len(plan.rules) - MAX_RULES} more rule(s) in plan.json."))
+    parts.append(f"<details><summary>plan.json as written</summary><pre>{esc(text)}</pre></details>")
+    return "\n".join(parts)

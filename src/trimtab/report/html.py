@@ -31,7 +31,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:80em;padding:0 1
 nav{font-size:.95em;margin:.5em 0 1.5em}nav a{margin-right:.9em}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right;vertical-align:top}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}caption{text-align:left;font-weight:bold;padding:.3em 0}
-table.lint td,table.lint th{text-align:left}table.candidates td{white-space:nowrap}
+table.lint td,table.lint th,table.text td,table.text th{text-align:left}table.candidates td{white-space:nowrap}
 table.layers td:nth-child(-n+3),table.search td:nth-child(-n+3),table.search td:last-child{text-align:left}
 tr.chosen{background:#e8f6e8;font-weight:bold}tr.over{color:#a33}tr.origin{background:#fff4e0}
 tr.sev-error td:first-child{color:#b00;font-weight:bold}tr.sev-warning td:first-child{color:#a60}
@@ -101,7 +101,8 @@ def load_run_summary(run_dir: str | Path) -> Summary:
     """The run folder's summary.json, or a `TrimtabError` saying what is wrong and what to do."""
     path = Path(run_dir) / SUMMARY_NAME
     if not Path(run_dir).is_dir():
-        raise TrimtabError(f"run folder '{run_dir}' does not exist",
+        found = "is not a folder" if Path(run_dir).exists() else "does not exist"
+        raise TrimtabError(f"run folder '{run_dir}' {found}",
                            hint="pass the folder `trimtab tune --out` wrote (it holds summary.json)")
     if not path.is_file():
         raise TrimtabError(f"no {SUMMARY_NAME} in '{run_dir}'",
