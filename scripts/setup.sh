@@ -4,11 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+APT_UPDATED=""
+apt_install() {
+    [ -n "$APT_UPDATED" ] || { $SUDO apt-get update -qq && APT_UPDATED=1; }
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 # Fashion-MNIST for the fashion-cnn example comes from Debian.
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    apt_install dataset-fashion-mnist
+fi
+# Chromium for the report's browser test (tests/report/test_report_browser.py, driven by Playwright
+# with this browser: Playwright's own browser download is not used). Optional: without it that test
+# is skipped, so a machine where apt cannot install it still sets up.
+if ! command -v chromium >/dev/null 2>&1; then
+    apt_install chromium || echo "warning: could not install Debian's chromium; the report's browser test will be skipped" >&2
 fi
 
 PYTHON="${PYTHON:-python3}"
