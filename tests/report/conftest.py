@@ -44,13 +44,14 @@ def hostile_summary() -> Summary:
         reason=f"{HOSTILE} is the fastest candidate within the 1-point budget.",
         command=f"trimtab tune model.onnx --out 'run {HOSTILE}'", notes=[f"Layer diff: error starts at {HOSTILE}."],
         timings_s={"load": 0.5, "bench": 20.0},
-        decision={"rule": "strict", "warnings": [f"weak evidence for {HOSTILE}"], "samples_needed": 1200,
+        decision={"chosen": HOSTILE, "reason": "fastest within budget", "objective": "throughput", "rule": "strict", "warnings": [f"weak evidence for {HOSTILE}"], "samples_needed": 1200,
                   "recommendation": {"precision": "int8", "qat": True, "why": f"QAT around {HOSTILE}"}},
         search={"status": "met", "start": "int8-percentile-ort-cpu", "evaluations": 3, "reused": 1, "seconds": 42.5,
                 "best": HOSTILE,
                 "steps": [
                     {"plan": "mixed-k1", "fallback_groups": 1, "fallback_nodes": ["/head"], "metric_value": 0.88,
-                     "drop": 2.0, "ci95": [0.5, 3.5], "within_budget": False, "artifact": "models/mixed-k1.onnx"},
+                     "drop": 2.0, "ci95": [0.5, 3.5], "passes": False, "artifact": "models/mixed-k1.onnx",
+                     "k": 1, "seconds": 9.0, "est_cost_ms": 0.8},  # search/mixed.py's Step.to_dict() spelling
                     {"plan": HOSTILE, "fallback_groups": 3, "fallback_nodes": [HOSTILE, "/head"],
                      "metric_value": 0.895, "drop": 0.5, "ci95": [-0.5, 1.0], "within_budget": True,
                      "artifact": f"models/{HOSTILE}.onnx"},

@@ -186,11 +186,33 @@ def test_missing_numbers_and_odd_summary_sections_do_not_break_the_page(tmp_path
     assert 'id="search"' not in html and 'class="reason"' in html
 
 
+def test_a_skipped_search_says_why():
+    summary = hostile_summary()
+    summary.search = {"status": "skipped", "start": "int8-mse", "why": f"{HOSTILE} meets the budget"}
+    search = _section(render_report(summary), "search")
+    assert "skipped" in search and f"{ESCAPED} meets the budget" in search
+    assert "<table" not in search and "verified no plan" not in search
+
+
+def test_search_steps_show_the_verdict_under_either_spelling():
+    rows = re.findall(r"<tr.*?</tr>", _section(render_report(hostile_summary()), "search"), re.S)
+    assert ">no<" in rows[1] and ">0.8<" in rows[1]  # "passes": False, est_cost_ms
+    assert ">yes<" in rows[2] and 'class="chosen"' in rows[2]  # "within_budget": True, the best plan
+
+
+def test_odd_values_in_search_steps_show_as_dashes():
+    summary = hostile_summary()
+    summary.search = {"steps": [{"plan": "x", "fallback_nodes": 5, "ci95": "bad", "drop": "?"}], "best": []}
+    search = _section(render_report(summary), "search")
+    assert "<td>x</td>" in search and search.count("\u2013") >= 4
+
+
 def test_a_section_that_fails_to_render_becomes_a_note():
     summary = hostile_summary()
-    summary.search = {"steps": [{"plan": "x", "fallback_nodes": 5, "ci95": "bad"}], "best": []}
+    summary.candidates[0].latency_ms = [1.0, 2.0]  # not a dict: the candidates table cannot be drawn
     html = render_report(summary)
-    assert 'id="search"' in html and 'id="reproduce"' in html
+    assert "the candidates table could not be read or shown (AttributeError" in _section(html, "candidates")
+    assert 'class="pareto-plot"' in html and 'id="reproduce"' in html
 
 
 def test_write_report_reads_the_folder_that_holds_the_page(run_folder):

@@ -40,9 +40,12 @@ def decision(summary: Summary) -> str:
     if info.get("rule") is not None:
         rule = str(info["rule"])
         rows.append(("rule", f"<code>{esc(rule)}</code>: {esc(RULES.get(rule, ''))}"))
+    if info.get("objective") is not None:
+        rows.append(("objective", esc(info["objective"])))
     if info.get("samples_needed") is not None:
         rows.append(("validation samples needed",
-                     f"about {esc(info['samples_needed'])} for the 95% interval to settle this decision"))
+                     f"about {esc(info['samples_needed'])} for the drop's 95% interval to fall within the budget, "
+                     "if the drop stays as measured"))
     recommendation = info.get("recommendation")
     if isinstance(recommendation, dict):
         qat = " with quantization-aware training" if recommendation.get("qat") else ""
@@ -120,7 +123,8 @@ def _candidate_cells(c: CandidateSummary) -> list[str]:
 
 
 SEARCH_FACTS = (("status", "status"), ("start", "started from"), ("evaluations", "evaluations"),
-                ("reused", "reused from an earlier run"), ("seconds", "seconds"), ("best", "best plan"))
+                ("reused", "reused from an earlier run"), ("seconds", "seconds"),
+                ("ranking_seconds", "of which ranking"), ("best", "best plan"), ("why", "why"))
 
 
 def search(summary: Summary) -> str | None:
@@ -131,14 +135,14 @@ def search(summary: Summary) -> str | None:
     parts = ["<p>" + "; ".join(f"{esc(label)}: <b>{esc(_plain(value))}</b>" for label, value in facts) + ".</p>"
              if facts else ""]
     steps = info.get("steps")
-    if isinstance(steps, list) and steps:
+    if isinstance(steps, list) and steps:  # keys of search/mixed.py's Step.to_dict()
         rows = [_step_cells(step) for step in steps if isinstance(step, dict)]
         best = info.get("best")
         classes = ["chosen" if best is not None and step.get("plan") == best else ""
                    for step in steps if isinstance(step, dict)]
         parts.append(table(["plan", "fallback groups", "fallback nodes", "metric", "drop (points)", "95% CI",
-                            "within budget", "artifact"], rows, row_classes=classes, cls="search"))
-    else:
+                            "within budget", "est. cost ms", "artifact"], rows, row_classes=classes, cls="search"))
+    elif info.get("status") != "skipped":
         parts.append(note("The search verified no plan."))
     return "\n".join(p for p in parts if p)
 
@@ -150,7 +154,8 @@ def _step_cells(step: dict[str, Any]) -> list[str]:
         esc(step.get("plan", "")), esc(_plain(step.get("fallback_groups", DASH))),
         names_cell(nodes) if isinstance(nodes, list) and nodes else DASH,
         num(step.get("metric_value"), ".4f"), num(step.get("drop"), "+.2f"), interval(step.get("ci95")),
-        DASH if ok is None else ("yes" if ok else "no"), f"<code>{esc(step.get('artifact', ''))}</code>",
+        DASH if ok is None else ("yes" if ok else "no"), num(step.get("est_cost_ms"), ".3g"),
+        f"<code>{esc(step.get('artifact', ''))}</code>",
     ]
 
 
