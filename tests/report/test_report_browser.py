@@ -52,7 +52,7 @@ class Watched:
         self.dialogs.append(dialog.message)
         dialog.dismiss()
 
-    def open(self, path) -> "Watched":
+    def open(self, path) -> Watched:
         self.page.goto(path.as_uri(), wait_until="load")
         return self
 
