@@ -32,7 +32,8 @@ nav{font-size:.95em;margin:.5em 0 1.5em}nav a{margin-right:.9em}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right;vertical-align:top}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}caption{text-align:left;font-weight:bold;padding:.3em 0}
 table.lint td,table.lint th,table.text td,table.text th{text-align:left}table.candidates td{white-space:nowrap}
-table.layers td:nth-child(-n+3),table.search td:nth-child(-n+3),table.search td:last-child{text-align:left}
+table.layers :is(td,th):nth-child(-n+3),table.search :is(td,th):nth-child(-n+3),
+table.search :is(td,th):last-child{text-align:left}
 tr.chosen{background:#e8f6e8;font-weight:bold}tr.over{color:#a33}tr.origin{background:#fff4e0}
 tr.sev-error td:first-child{color:#b00;font-weight:bold}tr.sev-warning td:first-child{color:#a60}
 .reason{font-size:1.1em;padding:.6em;background:#f6f8fa;border-left:4px solid #2a7}
