@@ -121,7 +121,8 @@ def _layers(path: Path) -> str:
     classes = ["origin" if row.node == result.origin else "" for row in shown]
     parts.append(table(["node", "op", "tensor", "accumulated SQNR dB", "local SQNR dB", "cosine", "max abs"], cells,
                        row_classes=classes, cls="layers", caption=f"The {len(worst)} nodes with the lowest accumulated SQNR"
-                       + (" and the origin" if origin_rows else "") + " (the origin highlighted)"))
+                       + (" and the origin" if origin_rows else "")
+                       + (" (the origin highlighted)" if any(classes) else "")))
     return "\n".join(parts)
 
 
