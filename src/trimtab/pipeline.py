@@ -203,10 +203,12 @@ def tune(
             _bench_all(candidates, setup["val"], config, progress)
         summary = _summarise(model, candidates, setup, config, folder, timer, command)
         summary.search = search
-        summary.search["evaluations_total"] = {"run": evaluator.run, "reused": evaluator.reused}
-        if evaluator.reused:
-            summary.notes.append(f"Resumed from the run folder: {evaluator.reused} evaluation(s) reused, "
-                                 f"{evaluator.run} run now.")
+        # Steps a killed search verified are reused without asking the evaluator: add them.
+        summary.search["evaluations_total"] = {"run": evaluator.run,
+                                               "reused": evaluator.reused + search.get("reused", 0)}
+        reused = summary.search["evaluations_total"]["reused"]
+        if reused:
+            summary.notes.append(f"Resumed from the run folder: {reused} evaluation(s) reused, {evaluator.run} run now.")
         if config.explain and calibrations:
             with timer("explain"):
                 summary.notes.extend(_explain(model, calibrations, candidates, setup, summary, folder,
@@ -353,22 +355,27 @@ class _Evaluator:
         self.setup, self.config, self.state, self.progress = setup, config, state, progress
         self.fp32 = fp32
         self._reference = None
-        self.run = self.reused = 0
+        self.run = self.reused = 0  # evaluations run now / taken from an earlier run's state
+        self._this_run: set[str] = set()
 
-    def __call__(self, artifact):
+    def __call__(self, artifact, count: bool = True):
+        """`count=False`: a lookup of an artifact evaluated before under another name (the
+        search's final plan), not counted as reused."""
         from trimtab.measure import evaluate
         from trimtab.resume import sha256_bytes
 
         sha = sha256_bytes(artifact.proto.SerializeToString())
         cached = self.state.evaluation(sha)
         if cached is not None:
-            self.reused += 1
+            self.reused += count and sha not in self._this_run
+            self._this_run.add(sha)
             return cached
         reference = self.reference()
         outputs = reference if artifact is self.fp32.artifact else self._outputs(artifact)
         result = evaluate(self.setup["task"], self.setup["metric"], outputs, reference, labels=reference.labels,
                           extra_metrics=self.setup["extra_metrics"])
         self.state.save_evaluation(sha, result)
+        self._this_run.add(sha)
         self.run += 1
         return result
 

@@ -69,14 +69,14 @@ def test_resume_reuses_finished_steps_and_reaches_the_same_answer():
     assert not set(resumed_calls) & set(killed_after)
 
 
-def test_order_groups_puts_gain_per_millisecond_first_and_drops_useless_groups():
+def test_order_groups_puts_gain_per_millisecond_first_and_useless_groups_last():
     def row(name, nodes, gain):
         return SimpleNamespace(group=SimpleNamespace(group=name, nodes=nodes), gain=gain)
 
     rows = [row("big", ("a",), 3.0), row("cheap", ("b",), 1.0), row("useless", ("c",), 0.0),
             row("harmful", ("d",), -1.0), row("nan", ("e",), float("nan"))]
     ordered = order_groups(rows, {"a": 30.0, "b": 1.0, "c": 0.1, "d": 1.0})
-    assert [g.group for g in ordered] == ["cheap", "big"]
+    assert [g.group for g in ordered] == ["cheap", "big", "useless", "harmful", "nan"]
     assert ordered[1].cost_ms == 30.0
 
 

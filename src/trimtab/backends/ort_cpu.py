@@ -84,7 +84,7 @@ class OrtCpuBackend(Backend):
             ) from exc
 
     def profile_node_times(self, feeds: dict[str, np.ndarray], runs: int = 10) -> dict[str, float]:
-        """Milliseconds per run spent in each kernel, keyed by ONNX Runtime's node name after its
+        """Milliseconds per run (median) spent in each kernel, keyed by ONNX Runtime's node name after its
         graph optimisations (fused nodes carry suffixes such as `_token_12` or `_nchwc`; see
         trimtab.search.cost). A separate profiling session is used; the timed one is untouched.
         The first run is a warm-up and is not counted."""
@@ -102,16 +102,13 @@ class OrtCpuBackend(Backend):
             for _ in range(runs):
                 session.run(None, inputs)
             events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
-        totals: dict[str, float] = {}
-        seen: dict[str, int] = {}
+        calls: dict[str, list[float]] = {}
         for event in events:
-            if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
-                continue
-            name = event["name"][: -len("_kernel_time")]
-            seen[name] = seen.get(name, 0) + 1
-            if seen[name] > 1:  # the first call of each kernel is the warm-up run
-                totals[name] = totals.get(name, 0.0) + event["dur"] / 1000.0
-        return {name: total / runs for name, total in totals.items()}
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                calls.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1000.0)
+        # The first call of each kernel is the warm-up run; the median of the rest resists the
+        # odd preempted call (a mean would let one 2-core hiccup reorder the search).
+        return {name: float(np.median(times[1:])) for name, times in calls.items() if len(times) > 1}
 
     def _model_bytes(self):
         if isinstance(self.model, (str, Path)):

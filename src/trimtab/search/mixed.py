@@ -37,20 +37,23 @@ class OrderedGroup:
 
 
 def order_groups(rows: Iterable, costs_ms: dict[str, float]) -> list[OrderedGroup]:
-    """Groups with a positive gain, best gain per millisecond first. `rows`: RankedGroup-like
+    """Groups with a positive gain first, best gain per millisecond first; then the rest, best
+    gain first (alone they did not help, but with others in higher precision they may: the search
+    reaches them only when every helpful group together is not enough). `rows`: RankedGroup-like
     objects (`.group.group`, `.group.nodes`, `.gain`); `costs_ms`: node name -> fallback cost.
     A floor of a tenth of the median group cost keeps near-free groups from ranking on noise."""
-    candidates = []
+    groups = []
     for row in rows:
-        if not math.isfinite(row.gain) or row.gain <= 0:
-            continue
+        gain = float(row.gain) if math.isfinite(row.gain) else -math.inf
         cost = sum(max(costs_ms.get(node, 0.0), 0.0) for node in row.group.nodes)
-        candidates.append(OrderedGroup(row.group.group, tuple(row.group.nodes), float(row.gain), cost))
-    if not candidates:
-        return []
-    costs = sorted(c.cost_ms for c in candidates)
-    floor = max(costs[len(costs) // 2] * 0.1, 1e-6)
-    return sorted(candidates, key=lambda c: -c.gain / (c.cost_ms + floor))
+        groups.append(OrderedGroup(row.group.group, tuple(row.group.nodes), gain, cost))
+    helpful = [g for g in groups if g.gain > 0]
+    rest = sorted((g for g in groups if not g.gain > 0), key=lambda g: -g.gain)
+    if helpful:
+        costs = sorted(g.cost_ms for g in helpful)
+        floor = max(costs[len(costs) // 2] * 0.1, 1e-6)
+        helpful.sort(key=lambda g: -g.gain / (g.cost_ms + floor))
+    return helpful + rest
 
 
 def prefix_nodes(groups: list[OrderedGroup], k: int) -> list[str]:
@@ -166,7 +169,7 @@ def _cumulative_gain(groups: list[OrderedGroup]) -> list[float]:
     much of the drop plan(k) wins back, used only to place interpolation probes."""
     sums = [0.0]
     for group in groups:
-        sums.append(sums[-1] + group.gain)
+        sums.append(sums[-1] + max(group.gain, 0.0))
     return sums
 
 

@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 RANKING_SHARE = 0.4  # of the time left, at most, for the sensitivity ranking
 RANKING_SECONDS = 60.0  # ranking budget without a time limit
-PROFILE_RUNS = 10
+PROFILE_RUNS = 20
+COST_STEP = 0.01  # costs are kept in steps of 1% of the fp32 model's time (see _quantised)
+COST_STEP_MIN_MS = 0.02  # and of at least 20 us: kernel timings finer than that are noise
 
 
 @dataclass
@@ -39,7 +41,7 @@ class SearchInputs:
     calibration: Any  # Calibration behind the base candidate
     validation: Any  # Dataset
     feeds: dict  # one bench batch, for profiling
-    evaluate: Callable[[Any], Any]  # artifact -> EvalResult (cached in state by the artifact's sha256)
+    evaluate: Callable[..., Any]  # (artifact, count=True) -> EvalResult, cached in state by sha256
     passes: Callable[[Any], bool]  # EvalResult -> within the budget under the rule in force
     models_dir: Path
     root: Path
@@ -89,7 +91,7 @@ def run_search(inputs: SearchInputs, *, max_evals: int, deadline: float | None) 
     run = SearchRun(outcome=outcome, ranking_seconds=ranking.seconds, files=["sensitivity.json"])
     if outcome.best is not None:
         run.best_artifact, run.best_path = _final_artifact(inputs, outcome.best)
-        run.best_evaluation = inputs.evaluate(run.best_artifact)
+        run.best_evaluation = inputs.evaluate(run.best_artifact, count=False)
     return run
 
 
@@ -132,9 +134,17 @@ def _costs(inputs: SearchInputs, base_sha: str) -> dict[str, float]:
         with OrtCpuBackend(str(candidate.path), threads=inputs.threads) as backend:
             profile = backend.profile_node_times(inputs.feeds, runs=PROFILE_RUNS)
         times[name] = model_node_times(profile, inputs.model.proto.graph)
-    costs = fallback_costs(times["fp32"], times["int8"])
+    costs = _quantised(fallback_costs(times["fp32"], times["int8"]), sum(times["fp32"].values()))
     inputs.state.save_record("search-costs", {"base_sha256": base_sha, "costs_ms": costs})
     return costs
+
+
+def _quantised(costs: dict[str, float], total_ms: float) -> dict[str, float]:
+    """Costs rounded to steps of 1% of the whole fp32 run (20 us at least): differences below
+    that are timing noise, and letting noise reorder the search would make two runs of one
+    command disagree."""
+    step = max(COST_STEP * total_ms, COST_STEP_MIN_MS)
+    return {name: round(cost / step) * step for name, cost in costs.items()}
 
 
 def _plan(inputs: SearchInputs, nodes: list[str]):
