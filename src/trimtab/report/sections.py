@@ -137,7 +137,7 @@ def search(summary: Summary) -> str | None:
     steps = info.get("steps")
     if isinstance(steps, list) and steps:  # keys of search/mixed.py's Step.to_dict()
         rows = [_step_cells(step) for step in steps if isinstance(step, dict)]
-        best = info.get("best")
+        best = info.get("best_step") or info.get("best")
         classes = ["chosen" if best is not None and step.get("plan") == best else ""
                    for step in steps if isinstance(step, dict)]
         parts.append(table(["plan", "fallback groups", "fallback nodes", "metric", "drop (points)", "95% CI",

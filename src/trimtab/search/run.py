@@ -63,7 +63,8 @@ class SearchRun:
     def to_dict(self, start_name: str, seconds: float) -> dict[str, Any]:
         data = self.outcome.to_dict()
         data.update(start=start_name, seconds=round(seconds, 3), ranking_seconds=round(self.ranking_seconds, 3),
-                    best=self.best_artifact.name if self.best_artifact is not None else None)
+                    best=self.best_artifact.name if self.best_artifact is not None else None,
+                    best_step=self.outcome.best.plan if self.outcome.best is not None else None)
         return data
 
 
