@@ -32,6 +32,7 @@ class TuneConfig:
     target: Target = Target.ORT_CPU
     methods: tuple[CalibrationMethod, ...] = tuple(CalibrationMethod)
     include_fp16: bool = True
+    smoothing: bool = True  # offer a SmoothQuant-style int8 candidate where MatMul inputs have outliers
     batch_size: int = 8  # benchmark batch
     eval_batch_size: int = 16
     threads: int | None = None  # ONNX Runtime intra-op threads (None = all cores)
@@ -319,7 +320,7 @@ def _smoothed_candidate(model, calibrations: dict, config: TuneConfig):
     from trimtab.build import Smoothing, build_int8
 
     method = next((m for m in _SMOOTHING_METHODS if m in calibrations), None)
-    if method is None or not calibrations[method].channels:
+    if not config.smoothing or method is None or not calibrations[method].channels:
         return None
     calibration = calibrations[method]
     artifact = build_int8(
@@ -427,7 +428,7 @@ def _search(model, calibrations: dict, candidates: list[Measured], evaluator: _E
         model=model, base=base, fp32=candidates[0], calibration=calibrations[CalibrationMethod(base.artifact.calibration)],
         validation=setup["val"], feeds=_bench_feeds(setup["val"], config.batch_size), evaluate=evaluator,
         passes=judge, models_dir=folder.models, root=folder.root, state=state,
-        base_sha=sha256_bytes(base.artifact.proto.SerializeToString()), threads=config.threads,
+        base_sha=sha256_bytes(base.artifact.proto.SerializeToString()), budget=config.budget, threads=config.threads,
         focus_ops=tuple(config.focus_ops))
     run = run_search(inputs, max_evals=config.max_evals, deadline=deadline)
     if run.best_artifact is not None:

@@ -84,3 +84,15 @@ def test_prefix_nodes_are_unique_and_ordered():
     groups = [OrderedGroup("x", ("a", "b"), 1, 1), OrderedGroup("y", ("b", "c"), 1, 1)]
     assert prefix_nodes(groups, 2) == ["a", "b", "c"]
     assert prefix_nodes(groups, 0) == []
+
+
+def test_regula_falsi_aims_at_the_budget_with_measured_drops():
+    """Drop falls linearly with the cumulative gain (equal gains): aimed probes land at once."""
+    total, budget = 60, 2.0
+    groups = _groups([1.0] * total)
+    drop = lambda k: 10.0 * (1 - k / total)  # noqa: E731 - passes from k = 48
+    calls = []
+    outcome = search(groups, _verifier(drop, budget, calls), max_evals=20, base_drop=10.0, budget=budget)
+    assert outcome.best.k == 48
+    assert calls[0] == 48  # the first aimed probe hits the answer
+    assert outcome.evaluations <= 3

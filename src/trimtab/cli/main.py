@@ -226,6 +226,7 @@ def tune(
     batch_size: Optional[int] = typer.Option(None, help="Benchmark batch size (default 8)."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: all cores)."),
     bench_seconds: float = typer.Option(20.0, help="Total interleaved timing time."),
+    smoothing: bool = typer.Option(True, help="Offer a SmoothQuant-style int8 candidate (transformers)."),
     search: bool = typer.Option(True, help="Search a mixed plan when full int8 misses the budget."),
     max_evals: int = typer.Option(8, help="Full evaluations the mixed-precision search may spend."),
     time_limit: Optional[float] = typer.Option(None, help="Seconds for the whole run; the search stops in time."),
@@ -238,7 +239,7 @@ def tune(
     choose, and write the run folder. A killed run resumes with the same command."""
     _run_tune(model, calib, val, out=out, preset=preset, progress=progress, verbose=verbose, budget=budget,
               task=task, metric=metric, target=target, methods=method, batch_size=batch_size, threads=threads,
-              bench_seconds=bench_seconds, decision=decision, scenario=scenario, search=search,
+              bench_seconds=bench_seconds, decision=decision, scenario=scenario, search=search, smoothing=smoothing,
               max_evals=max_evals, time_limit_s=time_limit)
 
 

@@ -5,8 +5,9 @@
     2. search  over prefixes of that order: plan(k) = base plan with the first k groups in higher
                precision. Each probe is a full evaluation on the validation set (`verify`). The
                bracket [k_fail, k_pass] starts at [0, K]; probes alternate between interpolation
-               on the cumulative proxy gain (fast when the gains predict the drop) and bisection
-               (guaranteed halving), so K groups need about log2(K) evaluations at most;
+               (regula falsi: the measured drops at the bracket's ends, placed on the cumulative
+               proxy gain, aimed at the budget; plan(K) is assumed lossless until measured) and
+               bisection (guaranteed halving), so K groups need about 2 log2(K) evaluations at most;
     3. keep    every verified step (the caller persists it at once), so the best plan so far
                survives a kill, and a resumed search reuses finished steps without evaluating again.
 
@@ -117,10 +118,14 @@ def search(
     max_evals: int = 8,
     deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    base_drop: float | None = None,
+    budget: float | None = None,
 ) -> SearchOutcome:
     """Find the shortest prefix of `groups` whose plan passes, verifying at most `max_evals`
     new plans and starting none after `deadline` (a `clock()` value). `done` holds steps
-    verified by an earlier run (k -> Step); they are used without counting as evaluations."""
+    verified by an earlier run (k -> Step); they are used without counting as evaluations.
+    `base_drop` (of plan(0)) and `budget` aim the interpolation probes; without them they aim
+    at half the bracket's remaining gain."""
     done = dict(done or {})
     outcome = SearchOutcome(status="no_groups")
     if not groups:
@@ -137,7 +142,9 @@ def search(
         if pass_k is None and fail_k >= total:
             outcome.status = "not_met"
             break
-        k = _next_probe(fail_k, high, pass_k is not None, cumulative, use_interpolation)
+        drops = {0: base_drop, **{step.k: step.drop for step in outcome.steps}}
+        aim = _aim(drops.get(fail_k), drops.get(pass_k, 0.0) if pass_k is not None else 0.0, budget)
+        k = _next_probe(fail_k, high, pass_k is not None, cumulative, use_interpolation, aim)
         use_interpolation = not use_interpolation
         step = done.get(k)
         if step is not None:
@@ -173,15 +180,23 @@ def _cumulative_gain(groups: list[OrderedGroup]) -> list[float]:
     return sums
 
 
-def _next_probe(fail_k: int, high: int, high_verified: bool, cumulative: list[float], interpolate: bool) -> int:
+def _aim(fail_drop: float | None, pass_drop: float, budget: float | None) -> float:
+    """Where in the bracket's gain the budget should lie, as a fraction (0.5 when unknown)."""
+    if fail_drop is None or budget is None or not fail_drop > pass_drop:
+        return 0.5
+    return min(max((fail_drop - budget) / (fail_drop - pass_drop), 0.0), 1.0)
+
+
+def _next_probe(fail_k: int, high: int, high_verified: bool, cumulative: list[float], interpolate: bool,
+                aim: float = 0.5) -> int:
     """A k strictly inside (fail_k, high], or `high` itself when it is still unverified and
-    nothing lies between."""
+    nothing lies between. `aim`: the fraction of the bracket's cumulative gain to reach."""
     if high - fail_k <= 1:
         return high
     if interpolate:
-        # Aim for the k at which the cumulative gain covers half of what remains in the bracket:
-        # ranked gains fall fast, so this lands early and cheap, where the answer usually is.
-        target = cumulative[fail_k] + 0.5 * (cumulative[high] - cumulative[fail_k])
+        # The drop is taken to fall in proportion to the cumulative proxy gain between the
+        # bracket's measured ends: aim for the k where it would meet the budget.
+        target = cumulative[fail_k] + aim * (cumulative[high] - cumulative[fail_k])
         k = next((i for i in range(fail_k + 1, high + 1) if cumulative[i] >= target), high)
     else:
         k = (fail_k + high + 1) // 2

@@ -47,6 +47,7 @@ class SearchInputs:
     root: Path
     state: Any  # RunState
     base_sha: str  # sha256 of the base artifact: keys everything saved in state
+    budget: float | None = None  # points; aims the search's interpolation probes
     threads: int | None = None
     focus_ops: tuple[str, ...] = ()  # op types the ranking tries first (scenario recsys)
 
@@ -88,7 +89,8 @@ def run_search(inputs: SearchInputs, *, max_evals: int, deadline: float | None) 
         inputs.state.save_record("search-steps", steps_record)  # the best so far survives a kill
         return step
 
-    outcome = search(groups, verify, done=done, max_evals=max_evals, deadline=deadline)
+    outcome = search(groups, verify, done=done, max_evals=max_evals, deadline=deadline,
+                     base_drop=float(inputs.base.evaluation.drop_points), budget=inputs.budget)
     run = SearchRun(outcome=outcome, ranking_seconds=ranking.seconds, files=["sensitivity.json"])
     if outcome.best is not None:
         run.best_artifact, run.best_path = _final_artifact(inputs, outcome.best)
