@@ -1,0 +1,107 @@
+"""Kernels of the fused steps `fuse.py` writes (registered in `ops.KERNELS` under `trimtab.*`).
+
+    trimtab.Conv       conv + bias (+ residual add) (+ relu | clip); inputs x, W, B?, Z?
+                       attrs: the ONNX Conv attributes, act, clip=[lo, hi]
+    trimtab.Linear     x @ W^T + b (+ relu | gelu); inputs x, W[N, K], b?; attrs: act
+    trimtab.FakeQuant  QuantizeLinear -> DequantizeLinear in float (the ONNX rounding, half to even);
+                       inputs x, q_scale, q_zero, dq_scale, dq_zero; attrs: lo, hi, axis
+
+On CUDA, a 2-D fp16/bf16 conv with ReLU calls cuDNN's fused conv+bias(+add)+ReLU
+(`torch.cudnn_convolution_relu` / `cudnn_convolution_add_relu`); elsewhere the epilogue runs in
+place on the conv's output.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from trimtab.backends.gpu.ops import _CONV, axis_shape, conv_geometry, kernel
+
+log = logging.getLogger(__name__)
+
+
+def _epilogue(act: str | None, clip: list | None):
+    if act == "relu":
+        return torch.relu_
+    if act == "clip":
+        lo, hi = clip
+        return lambda y: y.clamp_(lo, hi)
+    if act == "gelu":
+        return lambda y: F.gelu(y)
+    if act == "gelu_tanh":
+        return lambda y: F.gelu(y, approximate="tanh")
+    if act is None:
+        return None
+    raise ValueError(f"unknown fused activation {act!r}")
+
+
+@kernel("trimtab.Conv")
+def _fused_conv(node):
+    g = conv_geometry(node)
+    conv, pre_pad = _CONV[g["spatial"]], g["pre_pad"]
+    act = node.attr("act")
+    epilogue = _epilogue(act, node.attr("clip"))
+    residual = bool(node.attr("residual", False))
+    args = (g["strides"], g["padding"], g["dilations"], g["groups"])
+
+    def generic(x, w, b=None, z=None):
+        if pre_pad:
+            x = F.pad(x, pre_pad)
+        y = conv(x, w, b, *args)
+        if residual:
+            y = y.add_(z)
+        return epilogue(y) if epilogue else y
+
+    weight = node.consts[1]
+    cudnn_ok = (node.device == "cuda" and g["spatial"] == 2 and not pre_pad and act == "relu"
+                and weight is not None and weight.dtype in (torch.float16, torch.bfloat16))
+    if not cudnn_ok:
+        return generic
+    state = {"fused": True}
+
+    def cudnn(x, w, b=None, z=None):
+        if state["fused"]:
+            try:
+                if residual:
+                    return torch.cudnn_convolution_add_relu(x, w, z, 1.0, b, *args)
+                return torch.cudnn_convolution_relu(x, w, b, *args)
+            except RuntimeError as exc:  # first (warm-up) call decides; never during capture
+                log.info("cuDNN fused conv unavailable for %s (%s); using conv + in-place ReLU", node.name, exc)
+                state["fused"] = False
+        return generic(x, w, b, z)
+
+    return cudnn
+
+
+@kernel("trimtab.Linear")
+def _fused_linear(node):
+    epilogue = _epilogue(node.attr("act"), node.attr("clip"))
+
+    def run(x, w, b=None):
+        y = F.linear(x, w, b)
+        return epilogue(y) if epilogue else y
+
+    return run
+
+
+@kernel("trimtab.FakeQuant")
+def _fake_quant(node):
+    lo, hi = float(node.attr("lo")), float(node.attr("hi"))
+    axis = node.attr("axis")
+    rank = len(node.shapes[0])
+    q_scale, q_zero, dq_scale, dq_zero = (node.consts[i] for i in range(1, 5))
+    if axis is not None:
+        shape = axis_shape(rank, axis, q_scale.numel())
+        q_scale, dq_scale = q_scale.reshape(shape), dq_scale.reshape(shape)
+        q_zero, dq_zero = q_zero.reshape(shape), dq_zero.reshape(shape)
+    q_scale, q_zero, dq_zero = q_scale.float(), q_zero.float(), dq_zero.float()
+    out_dtype = dq_scale.dtype
+
+    def run(x, *_):
+        q = torch.clamp(torch.round(x.float() / q_scale) + q_zero, lo, hi)
+        return ((q - dq_zero) * dq_scale.float()).to(out_dtype)
+
+    return run
