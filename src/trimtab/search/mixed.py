@@ -5,8 +5,9 @@
     2. search  over prefixes of that order: plan(k) = base plan with the first k groups in higher
                precision. Each probe is a full evaluation on the validation set (`verify`). The
                bracket [k_fail, k_pass] starts at [0, K]; probes alternate between interpolation
-               (regula falsi: the measured drops at the bracket's ends, placed on the cumulative
-               proxy gain, aimed at the budget; plan(K) is assumed lossless until measured) and
+               (regula falsi: the measured drops at the bracket's ends, placed on an axis that
+               blends the cumulative proxy gain with the group count, aimed at the budget;
+               plan(K) is assumed lossless until measured) and
                bisection (guaranteed halving), so K groups need about 2 log2(K) evaluations at most;
     3. keep    every verified step (the caller persists it at once), so the best plan so far
                survives a kill, and a resumed search reuses finished steps without evaluating again.
@@ -172,12 +173,15 @@ def search(
 
 
 def _cumulative_gain(groups: list[OrderedGroup]) -> list[float]:
-    """G[k] = the summed gain of the first k groups (G[0] = 0): a monotone stand-in for how
-    much of the drop plan(k) wins back, used only to place interpolation probes."""
+    """The interpolation axis, 0 at k = 0 and 1 at k = K: half the cumulative one-shot gain of the
+    first k groups (normalised), half k / K. One-shot gains alone overstate the first groups
+    where the error is spread over many layers (EfficientNet-Lite0: the best group removes 65% of
+    the KL proxy yet a quarter of the drop); counting groups alone ignores the ranking."""
     sums = [0.0]
     for group in groups:
         sums.append(sums[-1] + max(group.gain, 0.0))
-    return sums
+    total, count = sums[-1], len(groups)
+    return [0.5 * (value / total if total > 0 else k / count) + 0.5 * k / count for k, value in enumerate(sums)]
 
 
 def _aim(fail_drop: float | None, pass_drop: float, budget: float | None) -> float:

@@ -1,0 +1,139 @@
+"""Issue 4 kill test on a real model: `trimtab tune` on MiniLM killed with SIGKILL at several
+moments, then resumed with the same command into the same run folder.
+
+    fresh    one uninterrupted run: its chosen candidate, search answer and evaluations run
+    kill@T   a run killed T seconds after it started, then the same command again; recorded:
+             what the kill interrupted (the last stage started in log.txt), whether every finished
+             file in the folder is whole (JSON parses, ONNX checks, npz opens), the resumed run's
+             answer and how many evaluations it ran and reused
+
+    PYTHONPATH=src python bench/search_kill.py [--kills 12,20,28] [--write docs/perf.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _support import write_marked_block
+
+MARKER = "search_kill"
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = ["tune", "example:minilm", "--budget", "0.5", "--no-smoothing", "--method", "minmax",
+           "--bench-seconds", "4", "--no-progress"]
+
+
+def trimtab(out: Path) -> list[str]:
+    return [sys.executable, "-m", "trimtab.cli.main", *COMMAND, "--out", str(out)]
+
+
+def environment() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def run_to_end(out: Path) -> dict:
+    began = time.perf_counter()
+    subprocess.run(trimtab(out), env=environment(), check=True, capture_output=True)
+    return answer(out, time.perf_counter() - began)
+
+
+def run_and_kill(out: Path, after: float) -> str:
+    process = subprocess.Popen(trimtab(out), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        process.wait(timeout=after)
+        return "finished before the kill"
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    stages = [line.split("stage ", 1)[1].split(" ")[0] for line in (out / "log.txt").read_text().splitlines()
+              if "stage " in line and line.rstrip().endswith("...")]
+    steps = (out / "state" / "search-steps.json")
+    verified = len(json.loads(steps.read_text())["steps"]) if steps.exists() else 0
+    return f"{stages[-1] if stages else 'start-up'} ({verified} search step(s) saved)"
+
+
+def consistent(out: Path) -> tuple[int, list[str]]:
+    """(files checked, problems): every finished file must be whole."""
+    problems, checked = [], 0
+    for path in out.rglob("*"):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        checked += 1
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".onnx":
+                onnx.checker.check_model(onnx.load(path))
+            elif path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as data:
+                    [data[key] for key in data.files]
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the finding
+            problems.append(f"{path.relative_to(out)}: {type(exc).__name__}")
+    return checked, problems
+
+
+def answer(out: Path, seconds: float) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    search = summary["search"]
+    best = next((c for c in summary["candidates"] if c["name"] == search.get("best")), None)
+    return {"chosen": summary["chosen"], "best": search.get("best"), "nodes": best["fallback_nodes"] if best else [],
+            "metric": best["metric_value"] if best else None, "run": search["evaluations_total"]["run"],
+            "reused": search["evaluations_total"]["reused"], "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", default="12,20,28", help="seconds after the start to SIGKILL each run")
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="trimtab-kill-") as tmp:
+        fresh = run_to_end(Path(tmp) / "fresh")
+        rows.append(("fresh", "-", "-", fresh))
+        for after in (float(x) for x in args.kills.split(",")):
+            out = Path(tmp) / f"kill-{after:g}"
+            interrupted = run_and_kill(out, after)
+            checked, problems = consistent(out)
+            resumed = run_to_end(out)
+            whole = f"{checked} files, all whole" if not problems else f"{checked} files; corrupt: {', '.join(problems)}"
+            rows.append((f"kill at {after:g} s", interrupted, whole, resumed))
+    lines = table(rows, fresh, args)
+    print("\n".join(lines))
+    if args.write:
+        write_marked_block(args.write, MARKER, lines)
+
+
+def table(rows, fresh: dict, args) -> list[str]:
+    lines = ["## Kill and resume on MiniLM (issue 4)", "",
+             f"Produced by `PYTHONPATH=src python bench/search_kill.py --kills {args.kills} --write docs/perf.md`: "
+             f"`trimtab {' '.join(COMMAND)} --out DIR`, killed with SIGKILL, then the same command again.", "",
+             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+             f"{len(os.sched_getaffinity(0))} logical cores", "",
+             "| run | killed during | run folder after the kill | chosen | search answer (fp32 nodes, cosine) "
+             "| same answer as fresh | evaluations run / reused | seconds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, interrupted, whole, result in rows:
+        same = "-" if name == "fresh" else ("yes" if (result["best"], result["nodes"], result["metric"]) ==
+                                            (fresh["best"], fresh["nodes"], fresh["metric"]) else "NO")
+        metric = f"{result['metric']:.4f}" if result["metric"] is not None else "-"
+        lines.append(f"| {name} | {interrupted} | {whole} | {result['chosen']} | {result['best']} "
+                     f"({len(result['nodes'])}, {metric}) | {same} | {result['run']} / {result['reused']} "
+                     f"| {result['seconds']:.0f} |")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
