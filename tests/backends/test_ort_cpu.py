@@ -74,5 +74,5 @@ def test_wrong_input_shape_is_a_clear_error():
 
 
 def test_unknown_backend_names_the_available_ones():
-    with pytest.raises(BackendUnavailableError, match="available: ort-cpu"):
-        get_backend("gpu", "model.onnx")
+    with pytest.raises(BackendUnavailableError, match="available: ort-cpu, gpu"):
+        get_backend("tensorrt", "model.onnx")

@@ -1,11 +1,12 @@
-"""Backends execute an artifact: `ort-cpu` (embedded default), later `gpu` and `tensorrt`."""
+"""Backends execute an artifact: `ort-cpu` (embedded default), `gpu` (trimtab's own engine on
+PyTorch; extra `trimtab[gpu]`), later `tensorrt`."""
 
 from __future__ import annotations
 
 from trimtab.backends.base import Backend
 from trimtab.errors import BackendUnavailableError
 
-AVAILABLE = ("ort-cpu",)
+AVAILABLE = ("ort-cpu", "gpu")
 
 
 def get_backend(target: str, model, *, threads: int | None = None, **options) -> Backend:
@@ -14,9 +15,13 @@ def get_backend(target: str, model, *, threads: int | None = None, **options) ->
         from trimtab.backends.ort_cpu import OrtCpuBackend
 
         return OrtCpuBackend(model, threads=threads, **options)
+    if target == "gpu":
+        from trimtab.backends.gpu.backend import GpuBackend
+
+        return GpuBackend(model, **options)  # threads: the engine runs on the device, not a CPU pool
     raise BackendUnavailableError(
         f"requested backend '{target}'; available: {', '.join(AVAILABLE)}",
-        hint="use --target ort-cpu (the GPU engine and TensorRT backends are not part of this build yet)",
+        hint="use --target ort-cpu or gpu (the TensorRT backend is not part of this build yet)",
     )
 
 

@@ -152,4 +152,4 @@ def _to_torch(array: np.ndarray, device) -> torch.Tensor:
         raise UnsupportedOpError("initializer", "?", "string tensors are not supported")
     if array.dtype == np.uint16 or array.dtype == np.uint32 or array.dtype == np.uint64:
         array = array.astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(array).copy()).to(device)
+    return torch.from_numpy(np.array(array, order="C")).to(device)  # a copy; keeps 0-d arrays 0-d
