@@ -67,6 +67,7 @@ class GpuBackend(Backend):
         from trimtab.backends.gpu.lower import graph_inputs
 
         self._proto, data = _read(self.model)
+        _check_op_types(self._proto)
         self._sha256 = hashlib.sha256(data).hexdigest()
         self.input_names = [value.name for value in graph_inputs(self._proto)]
         self.output_names = [value.name for value in self._proto.graph.output]
@@ -133,6 +134,20 @@ class GpuBackend(Backend):
     def _close(self) -> None:
         self._engines.clear()
         self._proto = None
+
+
+def _check_op_types(proto) -> None:
+    """Raise UnsupportedOpError for the first node whose op type the engine has no kernel for
+    (forms of known ops that it cannot run are caught when a profile is built)."""
+    from trimtab.backends.gpu import fused  # noqa: F401
+    from trimtab.backends.gpu.errors import UnsupportedOpError
+    from trimtab.backends.gpu.ops import KERNELS
+
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(node.op_type, node.name or node.op_type, f"ops of domain '{node.domain}' are not supported")
+        if node.op_type != "Constant" and node.op_type not in KERNELS:
+            raise UnsupportedOpError(node.op_type, node.name or node.op_type)
 
 
 def _import_torch():

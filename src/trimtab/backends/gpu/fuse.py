@@ -47,7 +47,7 @@ def fuse(plan: Plan) -> None:
     counts["batch_norm_folded"] = fold_batch_norm(plan)
     counts["fake_quant"] = fuse_qdq(plan)
     counts["conv"] = fuse_conv(plan)
-    counts["linear"] = fuse_linear(plan)
+    counts["linear"], counts["gelu"] = fuse_linear(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)
 
@@ -208,8 +208,9 @@ def fuse_conv(plan: Plan) -> int:
 
 
 # 4. Linear layers --------------------------------------------------------------------------------
-def fuse_linear(plan: Plan) -> int:
-    index, done = _Index(plan), 0
+def fuse_linear(plan: Plan) -> tuple[int, int]:
+    """Returns (linear layers made, erf GELUs folded into them)."""
+    index, done, gelus = _Index(plan), 0, 0
     for step in list(plan.steps):
         weight = _linear_weight(plan, step)
         if weight is None:
@@ -238,8 +239,9 @@ def fuse_linear(plan: Plan) -> int:
                     plan.steps.remove(node)
                     step.fused.append(node.name)
                 _absorb(plan, step, gelu[-1])
+                gelus += 1
         index, done = _Index(plan), done + 1
-    return done
+    return done, gelus
 
 
 def _linear_weight(plan: Plan, step: Step) -> torch.Tensor | None:
