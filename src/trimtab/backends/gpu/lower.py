@@ -50,10 +50,13 @@ def lower(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], device: to
             raise UnsupportedOpError("graph input", value.name, f"element type {elem} is not supported")
         values[value.name] = torch.zeros(shapes[value.name], dtype=ONNX_DTYPES[elem], device=device)
     is_const = set(constants)
+    graph_outputs = [value.name for value in proto.graph.output]
+    last_use = {name: i for i, node in enumerate(proto.graph.node) for name in node.input if name}
+    meta: dict[str, tuple[list[int], str]] = {}
     steps: list[Step] = []
     folded = 0
     with torch.inference_mode():
-        for node in proto.graph.node:
+        for position, node in enumerate(proto.graph.node):
             outputs = _run_node(node, values, is_const, opset, device)
             if all(not name or name in is_const for name in node.input) or node.op_type in _SHAPE_ONLY:
                 is_const.update(name for name in outputs)
@@ -61,15 +64,19 @@ def lower(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], device: to
             else:
                 steps.append(Step(node.op_type, node.name or f"{node.op_type}_{len(steps)}", list(node.input),
                                   [o for o in node.output], _attrs(node)))
-    graph_outputs = [value.name for value in proto.graph.output]
+            for name in (*node.input, *outputs):  # placeholders die after their last reader: only
+                if name and name in values:       # their shape and dtype are kept
+                    meta[name] = (list(values[name].shape), str(values[name].dtype).removeprefix("torch."))
+                    if name not in is_const and last_use.get(name, -1) <= position and name not in graph_outputs:
+                        del values[name]
     step_tensors = {name for step in steps for name in (*step.inputs, *step.outputs) if name}
     step_tensors.update(inputs)
     step_tensors.update(graph_outputs)
     plan = Plan(
         inputs=inputs, outputs=graph_outputs, steps=steps,
         constants={name: values[name] for name in step_tensors if name in is_const and name in values},
-        shapes={name: list(values[name].shape) for name in step_tensors if name in values},
-        dtypes={name: str(values[name].dtype).removeprefix("torch.") for name in step_tensors if name in values},
+        shapes={name: meta[name][0] for name in step_tensors if name in meta},
+        dtypes={name: meta[name][1] for name in step_tensors if name in meta},
         opset=opset, notes={"onnx_nodes": len(proto.graph.node), "folded_nodes": folded},
     )
     if fusion:

@@ -1,0 +1,227 @@
+"""trimtab's gpu engine against PyTorch on one GPU, side by side in one run.
+
+Models (random weights, exported to ONNX here with torch.onnx.export):
+  resnet50  torchvision architecture, 224x224; large batch 256
+  bert      transformers BertModel (BERT-base config), sequence 128; large batch 128
+  effnet    EfficientNet-Lite0 from trimtab's example cache, if its ONNX is given (--effnet PATH);
+            no PyTorch baseline (its package is not on the GPU machine)
+
+Variants: PyTorch eager fp32 (TF32 off), eager fp16 (channels_last for CNNs), torch.compile
+default mode fp16 (large batch only: one compile per model), trimtab gpu fp16 (the fp16 artifact
+from trimtab.build.build_fp16, CUDA graph). Throughput at the large batch, latency at batch 1,
+engine build time cold and from the engine cache, and correctness (relative error of the first
+output vs eager fp32). Timing: CUDA events after warm-up, variants interleaved round-robin,
+median over rounds. Run: PYTHONPATH=src python bench/gpu_engine.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROUNDS, ITERS = 7, 10
+
+
+def time_ms(fn, iters: int = ITERS) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def interleaved(variants: dict, rounds: int = ROUNDS) -> dict[str, float]:
+    for fn in variants.values():  # warm-up
+        for _ in range(3):
+            fn()
+    torch.cuda.synchronize()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            samples[name].append(time_ms(fn))
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+def rel(a, b) -> float:
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def export(module, args: tuple, names: list[str], path: Path, dynamic: dict) -> Path:
+    torch.onnx.export(module, args, str(path), input_names=names, output_names=["out"] if len(names) == 1 else None,
+                      dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    return path
+
+
+def trimtab_engine(onnx_path: Path, cache_dir: Path, shapes: dict, precision: str):
+    """(backend, engine, cold build s, cached build s, notes) for the fp16 (or fp32) artifact."""
+    from trimtab.backends.gpu import GpuBackend
+    from trimtab.build import build_fp16
+    from trimtab.load import load_model
+
+    start = time.perf_counter()
+    model = load_model(onnx_path)
+    proto = build_fp16(model).proto if precision == "fp16" else model.proto
+    artifact_s = time.perf_counter() - start
+    with GpuBackend(proto, cache_dir=cache_dir) as cold:
+        cold_info = cold.build(shapes)
+    backend = GpuBackend(proto, cache_dir=cache_dir).prepare()
+    cached_info = backend.build(shapes)
+    assert cached_info.from_cache and not cold_info.from_cache
+    return backend, backend.engine(shapes), cold_info.seconds, cached_info.seconds, cold_info.notes, artifact_s
+
+
+def bench_resnet(work: Path, rows: list, large: int = 256) -> None:
+    import torchvision
+
+    net = torchvision.models.resnet50().eval().cuda()
+    path = export(net.cpu(), (torch.randn(1, 3, 224, 224),), ["input"], work / "resnet50.onnx", {"input": {0: "n"}})
+    net = net.cuda()
+    bench_cnn("resnet50", net, path, work, rows, large)
+
+
+def bench_cnn(name: str, net, path: Path, work: Path, rows: list, large: int) -> None:
+    half = None
+    if net is not None:
+        half = torch.nn.Module.half(__import__("copy").deepcopy(net)).to(memory_format=torch.channels_last)
+    for batch in (large, 1):
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        x_half = x.half().contiguous(memory_format=torch.channels_last)
+        backend, engine, cold, cached, notes, artifact_s = trimtab_engine(path, work / "cache", {"input": x.shape}, "fp16")
+        feeds = {"input": x}
+        variants, checks = {}, {}
+        with torch.inference_mode():
+            ref = None
+            if net is not None:
+                with torch.backends.cudnn.flags(allow_tf32=False):
+                    ref = net(x)
+                variants["eager fp32"] = lambda: _no_tf32(net, x)
+                variants["eager fp16 CL"] = lambda: half(x_half)
+                checks["eager fp16 CL"] = rel(half(x_half), ref)
+                if batch == large:
+                    t0 = time.perf_counter()
+                    compiled = torch.compile(half)
+                    compiled(x_half)
+                    torch.cuda.synchronize()
+                    rows.append((name, batch, "torch.compile build s", round(time.perf_counter() - t0, 1)))
+                    variants["compile fp16 CL"] = lambda: compiled(x_half)
+                    checks["compile fp16 CL"] = rel(compiled(x_half), ref)
+            out = engine.run(feeds)
+            first = out[engine.plan.outputs[0]]
+            if ref is not None:
+                checks["trimtab fp16"] = rel(first, ref)
+            variants["trimtab fp16"] = lambda: engine.run(feeds)
+            times = interleaved(variants)
+        _record(rows, name, batch, times, checks, cold, cached, notes, artifact_s)
+        backend.close()
+
+
+def _no_tf32(net, x):
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        return net(x)
+
+
+def bench_bert(work: Path, rows: list, large: int = 128, seq: int = 128) -> None:
+    from transformers import BertConfig, BertModel
+
+    net = BertModel(BertConfig(), add_pooling_layer=False).eval()
+    ids = torch.randint(0, 30000, (1, seq))
+    mask = torch.ones(1, seq, dtype=torch.int64)
+    path = export(net, (ids, mask), ["input_ids", "attention_mask"], work / "bert.onnx",
+                  {"input_ids": {0: "n"}, "attention_mask": {0: "n"}})
+    net = net.cuda()
+    half = __import__("copy").deepcopy(net).half()
+    for batch in (large, 1):
+        ids = torch.randint(0, 30000, (batch, seq), device="cuda")
+        mask = torch.ones(batch, seq, dtype=torch.int64, device="cuda")
+        mask[batch // 2:, seq - 16:] = 0  # some padding
+        shapes = {"input_ids": ids.shape, "attention_mask": mask.shape}
+        backend, engine, cold, cached, notes, artifact_s = trimtab_engine(path, work / "cache", shapes, "fp16")
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        variants, checks = {}, {}
+        with torch.inference_mode():
+            ref = net(input_ids=ids, attention_mask=mask).last_hidden_state
+            variants["eager fp32"] = lambda: net(input_ids=ids, attention_mask=mask)
+            variants["eager fp16"] = lambda: half(input_ids=ids, attention_mask=mask)
+            checks["eager fp16"] = rel(half(input_ids=ids, attention_mask=mask).last_hidden_state, ref)
+            if batch == large:
+                t0 = time.perf_counter()
+                compiled = torch.compile(half)
+                compiled(input_ids=ids, attention_mask=mask)
+                torch.cuda.synchronize()
+                rows.append(("bert", batch, "torch.compile build s", round(time.perf_counter() - t0, 1)))
+                variants["compile fp16"] = lambda: compiled(input_ids=ids, attention_mask=mask)
+                checks["compile fp16"] = rel(compiled(input_ids=ids, attention_mask=mask).last_hidden_state, ref)
+            out = engine.run(feeds)
+            checks["trimtab fp16"] = rel(out[engine.plan.outputs[0]], ref)
+            variants["trimtab fp16"] = lambda: engine.run(feeds)
+            times = interleaved(variants)
+        _record(rows, "bert", batch, times, checks, cold, cached, notes, artifact_s)
+        backend.close()
+
+
+def _record(rows, name, batch, times, checks, cold, cached, notes, artifact_s):
+    for variant, ms in times.items():
+        check = checks.get(variant)
+        rows.append((name, batch, variant, round(ms, 3), round(batch * 1000 / ms, 1), None if check is None else f"{check:.1e}"))
+    rows.append((name, batch, "trimtab build s (fp16 artifact / cold engine / cached engine)",
+                 f"{artifact_s:.1f} / {cold:.1f} / {cached:.2f}", json.dumps(notes.get("fusions")), notes.get("steps")))
+
+
+def environment() -> dict:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    import triton
+
+    return {"date": time.strftime("%Y-%m-%d"), "gpu": smi, "torch": torch.__version__, "triton": triton.__version__,
+            "cudnn": torch.backends.cudnn.version(), "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--models", default="resnet50,bert,effnet")
+    parser.add_argument("--effnet", type=Path, default=None, help="EfficientNet-Lite0 ONNX file (trimtab example cache)")
+    args = parser.parse_args()
+    rows: list = []
+    env = environment()
+    print(json.dumps(env), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for model in args.models.split(","):
+            t0 = time.perf_counter()
+            try:
+                if model == "resnet50":
+                    bench_resnet(work, rows)
+                elif model == "bert":
+                    bench_bert(work, rows)
+                elif model == "effnet" and args.effnet and args.effnet.is_file():
+                    bench_cnn("effnet-lite0", None, args.effnet, work, rows, 256)
+            except Exception as exc:  # one model's failure must not lose the others' numbers
+                import traceback
+
+                traceback.print_exc()
+                rows.append((model, "-", "FAILED", repr(exc)[:300]))
+            print(f"# {model} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    lines = ["| model | batch | variant | ms | items/s | rel. err vs eager fp32 |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    table = "\n".join(lines)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_engine.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+        (args.out / "gpu_engine.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
