@@ -213,14 +213,18 @@ def main() -> None:
                 traceback.print_exc()
                 rows.append((model, "-", "FAILED", repr(exc)[:300]))
             print(f"# {model} done in {time.perf_counter() - t0:.0f} s", flush=True)
+            table = _table(rows)
+            if args.out:  # after every model: a run cut short keeps what it measured
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "gpu_engine.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+                (args.out / "gpu_engine.md").write_text(table + "\n")
+    print(_table(rows))
+
+
+def _table(rows: list) -> str:
     lines = ["| model | batch | variant | ms | items/s | rel. err vs eager fp32 |", "| --- | --- | --- | --- | --- | --- |"]
     lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
-    table = "\n".join(lines)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu_engine.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
-        (args.out / "gpu_engine.md").write_text(table + "\n")
-    print(table)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
