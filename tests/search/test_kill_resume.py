@@ -72,7 +72,8 @@ def test_killed_runs_resume_to_the_same_answer_with_fewer_evaluations(tmp_path):
     fresh_evals = fresh.search["evaluations_total"]["run"]
     assert fresh.search["status"] == "met" and fresh.search["evaluations"] >= 2
     kills = 0
-    for kill_at in (1, 3, 4, fresh_evals - 1):  # before, at the start of and during the search
+    points = sorted({1, 3, 4, fresh_evals - 1})  # before the search, as it starts, during it
+    for kill_at in points:
         run = tmp_path / f"killed-{kill_at}"
         process = _start(model, run)
         assert _kill_after(process, run / "state", kill_at), process.stderr.read().decode()
@@ -88,4 +89,4 @@ def test_killed_runs_resume_to_the_same_answer_with_fewer_evaluations(tmp_path):
         assert best.metric_value == fresh.candidate(fresh.search["best"]).metric_value
         assert resumed.search["evaluations_total"]["reused"] >= kill_at
         assert resumed.search["evaluations_total"]["run"] < fresh_evals
-    assert kills == 4
+    assert kills == len(points) >= 3
