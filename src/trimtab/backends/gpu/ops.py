@@ -602,13 +602,13 @@ def _slice(node):
         if step > 0:
             index[axis] = slice(lo, max(lo, hi), st)
         else:  # torch has no negative steps: gather the indices
-            flips.append((axis, torch.arange(lo, hi, st, dtype=torch.int64)))
+            flips.append((axis, torch.arange(lo, hi, st, dtype=torch.int64, device=node.device)))
     index_t = tuple(index)
 
     def run(x, *_):
         out = x[index_t]
         for axis, idx in flips:
-            out = out.index_select(axis, idx.to(out.device))
+            out = out.index_select(axis, idx)
         return out
 
     return run
@@ -655,13 +655,13 @@ def _shape(node):
     shape = list(node.shapes[0])
     start = node.attr("start", 0)
     end = node.attr("end", None)
-    value = torch.tensor(shape[start:end], dtype=torch.int64)
+    value = torch.tensor(shape[start:end], dtype=torch.int64, device=node.device)
     return lambda x: value
 
 
 @kernel("Size")
 def _size(node):
-    value = torch.tensor(int(np.prod(node.shapes[0], dtype=np.int64)), dtype=torch.int64)
+    value = torch.tensor(int(np.prod(node.shapes[0], dtype=np.int64)), dtype=torch.int64, device=node.device)
     return lambda x: value
 
 
@@ -670,6 +670,7 @@ def _constant_of_shape(node):
     shape = node.ints(0, "shape")
     value = node.attr("value")
     fill = torch.zeros(1) if value is None else torch.as_tensor(value).reshape(-1)[:1]
+    fill = fill.to(node.device)
     return lambda _s: fill.expand(shape).clone() if shape else fill.reshape(()).clone()
 
 
