@@ -89,6 +89,7 @@ _UNARY = {
     "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg, "Abs": torch.abs, "Reciprocal": torch.reciprocal,
     "Not": torch.logical_not, "Floor": torch.floor, "Ceil": torch.ceil, "Sign": torch.sign,
     "Identity": lambda x: x, "Softplus": F.softplus, "Sin": torch.sin, "Cos": torch.cos,
+    "IsNaN": torch.isnan, "Round": torch.round,
 }
 for _op, _fn in _UNARY.items():
     KERNELS[_op] = (lambda fn: lambda node: fn)(_fn)
@@ -133,6 +134,18 @@ def _variadic(node):
         return out / len(xs) if node.op == "Mean" else out
 
     return run
+
+
+@kernel("IsInf")
+def _is_inf(node):
+    positive, negative = bool(node.attr("detect_positive", 1)), bool(node.attr("detect_negative", 1))
+    if positive and negative:
+        return torch.isinf
+    if positive:
+        return torch.isposinf
+    if negative:
+        return torch.isneginf
+    return lambda x: torch.zeros_like(x, dtype=torch.bool)
 
 
 @kernel("Where")
