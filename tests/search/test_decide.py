@@ -80,3 +80,10 @@ def test_latency_objective_slo_and_favoured_precision():
     # int8 is 6.0 / 5.5 = 1.09x faster than the favoured fp16: not clearly enough at a 1.2x margin
     assert decide(candidates, 1.0, objective="latency", favour=("fp16", 1.2)).chosen == "fp16"
     assert decide(candidates, 1.0, objective="latency", favour=("fp16", 1.05)).chosen == "int8-mse"
+
+
+def test_a_mixed_plan_within_budget_but_slower_than_fp32_still_triggers_the_recommendation():
+    candidates = [_s("fp32", 0.0, 100), _s("fp16", 0.0, 60), _s("int8-mse", 10.2, 200), _s("mixed-mse", 0.8, 89)]
+    decision = decide(candidates, 2.0)
+    assert decision.chosen == "fp32"
+    assert decision.recommendation["precision"] == "fp32" and "faster than fp32" in decision.recommendation["why"]

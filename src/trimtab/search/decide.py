@@ -5,8 +5,8 @@ Rules (`DecisionRule`): `point` passes a candidate whose measured drop is within
 warns when its 95% interval reaches past it, saying how many validation samples would confirm
 it; `strict` passes only a candidate whose interval's upper bound is within the budget.
 
-The article's rule: when no low-precision plan (int8 or mixed) meets the budget, or the best of
-them still drops more than 3 points, recommend fp16 (fp32 where fp16 is slower, as on most CPUs)
+The article's rule: when no low-precision plan (int8 or mixed) meets the budget faster than fp32,
+or the best of them still drops more than 3 points, recommend fp16 (fp32 where fp16 is slower, as on most CPUs)
 and quantization-aware training, with the figures.
 """
 
@@ -185,7 +185,9 @@ def _recommendation(candidates, base, budget, rule, objective) -> dict[str, Any]
     low = [c for c in candidates if c.precision in LOW_PRECISIONS]
     if not low:
         return None
-    good = [c for c in low if passes(c, budget, rule)]
+    # A plan that meets the budget but runs slower than fp32 (most of the model back in fp32) is no
+    # answer either: int8 has not paid.
+    good = [c for c in low if passes(c, budget, rule) and (base is None or _ratio(c, base, objective) > 1.0)]
     best_drop = min(c.drop_points for c in low)
     if good and best_drop <= QAT_DROP_POINTS:
         return None
@@ -193,7 +195,7 @@ def _recommendation(candidates, base, budget, rule, objective) -> dict[str, Any]
     use_fp16 = fp16 is not None and base is not None and _ratio(fp16, base, objective) > 1.0
     precision = "fp16" if use_fp16 else "fp32"
     best = min(low, key=lambda c: c.drop_points)
-    cause = ("no int8 or mixed plan meets the budget" if not good
+    cause = ("no int8 or mixed plan meets the budget faster than fp32" if not good
              else f"the best low-precision plan still drops more than {QAT_DROP_POINTS:g} points")
     why = (f"{cause} (best: {best.name}, drop {best.drop_points:+.2f} points against a {budget:g}-point budget). "
            f"Deploy {precision}")
