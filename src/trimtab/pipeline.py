@@ -137,6 +137,14 @@ def device_description() -> str:
     return platform.processor() or platform.machine()
 
 
+def _target_device(target: Target) -> str:
+    if target == Target.GPU:
+        from trimtab.backends.gpu.backend import device_description as gpu_device
+
+        return gpu_device(device_description())
+    return device_description()
+
+
 class StageTimer:
     """Records how long each stage took, for summary.json."""
 
@@ -398,7 +406,9 @@ class _Evaluator:
 
         name = artifact.name
         report = (lambda done, total: self.progress(f"evaluate {name}", done, total)) if self.progress else None
-        with get_backend(self.config.target, artifact.proto, threads=self.config.threads) as backend:
+        # gpu: one engine per padded batch shape; keep those plans out of the on-disk engine cache
+        options = {"cache": False} if self.config.target == Target.GPU else {}
+        with get_backend(self.config.target, artifact.proto, threads=self.config.threads, **options) as backend:
             return collect_outputs(backend, self.setup["val"], batch_size=self.config.eval_batch_size, progress=report)
 
 
@@ -465,7 +475,7 @@ def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Pr
             backend.close()
     for candidate in candidates:
         candidate.bench = results[candidate.artifact.name]
-        if config.measure_memory:
+        if config.measure_memory and config.target == Target.ORT_CPU:  # an ONNX Runtime CPU figure
             candidate.peak_mem_bytes = peak_memory_bytes(candidate.path, feeds, threads=config.threads)
 
 
@@ -526,7 +536,7 @@ def _summarise(model, candidates, setup, config: TuneConfig, folder: RunFolder, 
     return Summary(
         trimtab_version=__version__,
         model={"path": str(model.path) if model.path else model.name, "sha256": model.sha256},
-        target={"backend": config.target.value, "device": device_description()},
+        target={"backend": config.target.value, "device": _target_device(config.target)},
         task=setup["task"].value,
         metric=setup["metric"],
         budget=config.budget,

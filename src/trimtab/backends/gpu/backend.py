@@ -136,6 +136,14 @@ class GpuBackend(Backend):
         self._proto = None
 
 
+def device_description(cpu: str = "") -> str:
+    """Where `GpuBackend()` runs by default: the CUDA device's name, or the CPU fallback."""
+    torch = _import_torch()
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA, torch {torch.__version__})"
+    return f"{cpu or 'cpu'} (no CUDA device: the gpu engine ran on the CPU)"
+
+
 def _check_op_types(proto) -> None:
     """Raise UnsupportedOpError for the first node whose op type the engine has no kernel for
     (forms of known ops that it cannot run are caught when a profile is built)."""
