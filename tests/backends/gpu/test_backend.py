@@ -148,3 +148,23 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, trimtab.backends, trimtab.backends.gpu; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_encoder_attention_qkv_and_half_layer_norm_fuse_and_match_onnx_runtime(precision):
+    from trimtab.build import build_fp16
+
+    proto = encoder_block()
+    if precision == "fp16":
+        proto = build_fp16(as_model(proto)).proto
+    feeds = encoder_feeds(np.random.default_rng(0))
+    with GpuBackend(proto, cache=False) as backend:
+        got = backend.infer(feeds)["y"]
+        plan = backend.engine({k: v.shape for k, v in feeds.items()}).plan
+    fusions = plan.notes["fusions"]
+    assert fusions["attention"] == 1 and fusions["qkv"] == 1
+    assert not {"Softmax", "MatMul"} & {s.op for s in plan.steps}
+    if precision == "fp16":  # the Casts build_fp16 put around LayerNorm and Softmax are gone
+        assert fusions["layer_norm"] >= 1
+        assert sum(s.op == "Cast" for s in plan.steps) < sum(n.op_type == "Cast" for n in proto.graph.node) - 3
+    assert rel_error(got, reference(proto, feeds)["y"]) < (1e-5 if precision == "fp32" else 1e-2)

@@ -8,6 +8,8 @@
 4. `fuse_linear`: MatMul(x, constant 2-D W) -> [Add(constant bias)] and Gemm(x, constant B, [C])
    become `trimtab.Linear` (weight stored as [N, K]); the erf GELU that follows (Div(sqrt 2) -> Erf
    -> Add(1) -> Mul(x) -> Mul(0.5)) and a Relu fold into its epilogue.
+5.-7. `fuse_transformer`: Q/K/V projections as one GEMM, attention as one
+   scaled_dot_product_attention, fp16 LayerNorm (+ residual Add) without the Casts around it.
 
 A node is absorbed only when the tensor between it and the step before is read by nobody else and
 is not a graph output. Every rewrite is counted in `plan.notes["fusions"]`.
@@ -48,6 +50,11 @@ def fuse(plan: Plan) -> None:
     counts["fake_quant"] = fuse_qdq(plan)
     counts["conv"] = fuse_conv(plan)
     counts["linear"], counts["gelu"] = fuse_linear(plan)
+    from trimtab.backends.gpu.fuse_transformer import fuse_attention, fuse_layer_norm, fuse_qkv
+
+    counts["qkv"] = fuse_qkv(plan)
+    counts["attention"] = fuse_attention(plan)
+    counts["layer_norm"] = fuse_layer_norm(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)
 

@@ -2,7 +2,12 @@
 
     trimtab.Conv       conv + bias (+ residual add) (+ relu | clip); inputs x, W, B?, Z?
                        attrs: the ONNX Conv attributes, act, clip=[lo, hi]
-    trimtab.Linear     x @ W^T + b (+ relu | gelu); inputs x, W[N, K], b?; attrs: act
+    trimtab.Linear     x @ W^T + b (+ relu | gelu); inputs x, W[N, K], b?; attrs: act, split (the
+                       output's last axis split into several outputs: fused Q/K/V)
+    trimtab.Attention  softmax(q k^T * scale + mask) v by F.scaled_dot_product_attention; inputs q, k
+                       (or kT when attrs k_transposed), v, mask?; attrs scale (None: 1/sqrt(d))
+    trimtab.LayerNorm  layer_norm(x [+ z]) over the last axes; inputs x, scale, bias?, z?; attrs
+                       axis, epsilon
     trimtab.FakeQuant  QuantizeLinear -> DequantizeLinear in float (the ONNX rounding, half to even);
                        inputs x, q_scale, q_zero, dq_scale, dq_zero; attrs: lo, hi, axis
 
@@ -79,10 +84,45 @@ def _fused_conv(node):
 @kernel("trimtab.Linear")
 def _fused_linear(node):
     epilogue = _epilogue(node.attr("act"), node.attr("clip"))
+    split = node.attr("split")
 
     def run(x, w, b=None):
         y = F.linear(x, w, b)
+        if split:
+            return y.split(split, dim=-1)
         return epilogue(y) if epilogue else y
+
+    return run
+
+
+@kernel("trimtab.Attention")
+def _attention(node):
+    scale = node.attr("scale")
+    k_transposed = bool(node.attr("k_transposed", False))
+
+    def run(q, k, v, mask=None):
+        if k_transposed:
+            k = k.transpose(-1, -2)
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    return run
+
+
+@kernel("trimtab.LayerNorm")
+def _layer_norm(node):
+    rank = len(node.shapes[0])
+    axis = int(node.attr("axis", -1)) % rank
+    shape, eps = tuple(node.shapes[0][axis:]), float(node.attr("epsilon", 1e-5))
+
+    def run(x, scale, bias=None, z=None):
+        if z is not None:
+            x = x + z
+        scale = scale if tuple(scale.shape) == shape else scale.expand(shape)
+        if bias is not None and tuple(bias.shape) != shape:
+            bias = bias.expand(shape)
+        return F.layer_norm(x, shape, scale, bias, eps)
 
     return run
 

@@ -1,0 +1,173 @@
+"""Transformer rewrites of a lowered `Plan` (in place), run after `fuse.fuse_linear`:
+
+5. `fuse_qkv`: linear layers (`trimtab.Linear`, no activation) that read the same tensor become one
+   linear layer over their concatenated weights whose output is split back (one GEMM, not three).
+6. `fuse_attention`: MatMul(q, kT) -> [Mul | Div by a constant] -> [Add(mask)] -> [Cast] ->
+   Softmax(last axis) -> [Cast] -> MatMul(., v) (3-D or 4-D) becomes one `trimtab.Attention`
+   (`F.scaled_dot_product_attention`: the score matrix is never written; its softmax runs in fp32
+   inside the kernel, which is what the Casts build_fp16 puts around Softmax asked for). A
+   Transpose(perm [0, 2, 3, 1]) that makes kT for this MatMul alone is changed to [0, 2, 1, 3].
+7. `fuse_layer_norm`: Cast(fp16 -> fp32) -> LayerNormalization(fp32 scale, bias) -> Cast(-> fp16)
+   becomes one `trimtab.LayerNorm` on the fp16 tensor with fp16 scale and bias (PyTorch's kernel
+   accumulates the mean and variance in fp32), and Add(a, b) feeding it is folded in as a residual.
+
+Same rule as fuse.py: a node is absorbed only when the tensor it reads from the chain has no
+other reader and is not a graph output.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from trimtab.backends.gpu.fuse import _absorb, _const, _Index, _new_const, _scalar
+from trimtab.backends.gpu.plan import Plan, Step
+
+_HALF = ("float16", "bfloat16")
+
+
+# 5. Q, K, V projections as one GEMM ---------------------------------------------------------------
+def fuse_qkv(plan: Plan) -> int:
+    readers: dict[str, list[Step]] = defaultdict(list)
+    for step in plan.steps:
+        if step.op == "trimtab.Linear" and not step.attrs.get("act") and not step.attrs.get("split"):
+            readers[step.inputs[0]].append(step)
+    done = 0
+    for x, group in readers.items():
+        weights = [_const(plan, s.inputs[1]) for s in group]
+        biased = {bool(s.inputs[2]) for s in group}
+        if len(group) < 2 or len(biased) != 1 or len({(w.shape[1], w.dtype) for w in weights}) != 1:
+            continue
+        first = min(group, key=plan.steps.index)
+        sizes = [int(w.shape[0]) for w in weights]
+        biases = [_const(plan, s.inputs[2]) for s in group] if biased.pop() else None
+        first.inputs = [x, _new_const(plan, f"{first.name}_qkv_w", torch.cat(weights)), ""]
+        if biases is not None:
+            first.inputs[2] = _new_const(plan, f"{first.name}_qkv_b", torch.cat(biases))
+        first.attrs = {"split": sizes}
+        outputs = [s.outputs[0] for s in group]
+        for step in group:
+            if step is not first:
+                first.fused.append(step.name)
+                plan.steps.remove(step)
+        first.outputs = outputs
+        done += 1
+    return done
+
+
+# 6. Attention ------------------------------------------------------------------------------------
+def _other(step: Step, name: str) -> str:
+    return step.inputs[1] if step.inputs[0] == name else step.inputs[0]
+
+
+def _is_cast(plan: Plan, step: Step | None) -> bool:
+    return step is not None and step.op == "Cast" and plan.dtypes.get(step.outputs[0]) in ("float32", *_HALF)
+
+
+def fuse_attention(plan: Plan) -> int:
+    done = 0
+    for softmax in [s for s in plan.steps if s.op == "Softmax"]:
+        index = _Index(plan)
+        match = _match_attention(plan, index, softmax)
+        if match is None:
+            continue
+        scores, scale, mask, removed, out = match
+        q, kt = scores.inputs
+        transpose = index.producer.get(kt)
+        k_transposed = True
+        if (transpose is not None and transpose.op == "Transpose" and list(transpose.attrs.get("perm", [])) == [0, 2, 3, 1]
+                and index.sole_consumer(kt) is scores):
+            transpose.attrs["perm"] = [0, 2, 1, 3]
+            plan.shapes[kt] = [plan.shapes[kt][i] for i in (0, 1, 3, 2)]
+            k_transposed = False
+        v = _other(out, removed[-1].outputs[0])
+        head = Step("trimtab.Attention", scores.name, [q, kt, v, mask], list(out.outputs),
+                    {"scale": scale, "k_transposed": k_transposed}, [s.name for s in removed[1:]] + [out.name])
+        plan.steps[plan.steps.index(out)] = head
+        for step in removed:
+            plan.steps.remove(step)
+        done += 1
+    return done
+
+
+def _match_attention(plan: Plan, index: _Index, softmax: Step):
+    """(scores MatMul, scale, mask name or "", steps to remove in order, final MatMul) or None."""
+    rank = len(plan.shapes[softmax.inputs[0]])
+    default_axis = -1 if plan.opset >= 13 else 1
+    if rank not in (3, 4) or int(softmax.attrs.get("axis", default_axis)) % rank != rank - 1:
+        return None
+    chain, name = [softmax], softmax.inputs[0]
+    producer = index.producer.get(name)
+    if _is_cast(plan, producer) and index.sole_consumer(name) is softmax:
+        chain.insert(0, producer)
+        name, producer = producer.inputs[0], index.producer.get(producer.inputs[0])
+    mask = ""
+    if producer is not None and producer.op == "Add" and index.sole_consumer(name) is chain[0]:
+        left, right = (index.producer.get(n) for n in producer.inputs)
+        pick = 0 if left is not None and left.op in ("MatMul", "Mul", "Div") else 1
+        mask = producer.inputs[1 - pick]
+        chain.insert(0, producer)
+        name = producer.inputs[pick]
+        producer = index.producer.get(name)
+    scale = None
+    if producer is not None and producer.op in ("Mul", "Div") and index.sole_consumer(name) is chain[0]:
+        c = _scalar(plan, producer.inputs[1])
+        if c is None and producer.op == "Mul":
+            c = _scalar(plan, producer.inputs[0])
+        if c is None or c == 0:
+            return None
+        scale = c if producer.op == "Mul" else 1.0 / c
+        chain.insert(0, producer)
+        name = producer.inputs[0] if _const(plan, producer.inputs[0]) is None else producer.inputs[1]
+        producer = index.producer.get(name)
+    if (producer is None or producer.op != "MatMul" or index.sole_consumer(name) is not chain[0]
+            or any(_const(plan, n) is not None or len(plan.shapes[n]) != rank for n in producer.inputs)):
+        return None
+    scores = producer
+    if mask and len(plan.shapes[mask]) > rank:
+        return None
+    tail = index.sole_consumer(softmax.outputs[0])
+    if _is_cast(plan, tail):
+        chain.append(tail)
+        tail = index.sole_consumer(tail.outputs[0])
+    if tail is None or tail.op != "MatMul" or tail.inputs[0] != chain[-1].outputs[0]:
+        return None
+    dtypes = {plan.dtypes[n] for n in (*scores.inputs, tail.inputs[1], tail.outputs[0])}
+    if len(dtypes) != 1 or dtypes.pop() not in ("float32", *_HALF):
+        return None
+    return scores, scale, mask, [scores, *chain], tail
+
+
+# 7. LayerNorm in half precision ---------------------------------------------------------------------
+def fuse_layer_norm(plan: Plan) -> int:
+    done = 0
+    for norm in [s for s in plan.steps if s.op == "LayerNormalization"]:
+        index = _Index(plan)
+        cast_in, cast_out = index.producer.get(norm.inputs[0]), index.sole_consumer(norm.outputs[0])
+        if (len(norm.outputs) > 1 or not _is_cast(plan, cast_in) or not _is_cast(plan, cast_out)
+                or index.sole_consumer(cast_in.outputs[0]) is not norm):
+            continue
+        half = plan.dtypes[cast_in.inputs[0]]
+        if half not in _HALF or plan.dtypes[cast_out.outputs[0]] != half or plan.dtypes[norm.outputs[0]] != "float32":
+            continue
+        params = [_const(plan, n) if n else None for n in (norm.inputs + [""])[1:3]]
+        if params[0] is None or (len(norm.inputs) > 2 and norm.inputs[2] and params[1] is None):
+            continue
+        dtype = getattr(torch, half)
+        inputs = [cast_in.inputs[0]] + [_new_const(plan, f"{norm.name}_{what}", p.to(dtype)) if p is not None else ""
+                                       for what, p in zip(("scale", "bias"), params)]
+        head = Step("trimtab.LayerNorm", norm.name, inputs, list(norm.outputs),
+                    {"axis": int(norm.attrs.get("axis", -1)), "epsilon": float(norm.attrs.get("epsilon", 1e-5))},
+                    [cast_in.name])
+        plan.steps[plan.steps.index(norm)] = head
+        plan.steps.remove(cast_in)
+        _absorb(plan, head, cast_out)
+        add = index.producer.get(head.inputs[0])
+        if (add is not None and add.op == "Add" and index.sole_consumer(add.outputs[0]) is cast_in
+                and all(_const(plan, n) is None and plan.shapes[n] == plan.shapes[add.outputs[0]] for n in add.inputs)):
+            head.inputs = [add.inputs[0], head.inputs[1], head.inputs[2], add.inputs[1]]
+            head.fused.insert(0, add.name)
+            plan.steps.remove(add)
+        done += 1
+    return done
