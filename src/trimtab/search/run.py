@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 RANKING_SHARE = 0.4  # of the time left, at most, for the sensitivity ranking
 RANKING_SECONDS = 60.0  # ranking budget without a time limit
 PROFILE_RUNS = 20
-COST_STEP = 0.001  # costs are kept in steps of 0.1% of the fp32 model's time (see _quantised)
-COST_STEP_MIN_MS = 0.02  # and of at least 20 us: kernel timings finer than that are noise
 
 
 @dataclass
@@ -137,18 +135,11 @@ def _costs(inputs: SearchInputs, base_sha: str) -> dict[str, float]:
         with OrtCpuBackend(str(candidate.path), threads=inputs.threads) as backend:
             profile = backend.profile_node_times(inputs.feeds, runs=PROFILE_RUNS)
         times[name] = model_node_times(profile, inputs.model.proto.graph)
-    costs = _quantised(rate_costs(fallback_costs(times["fp32"], times["int8"]), inputs.model.proto.graph),
-                       sum(times["fp32"].values()))
+    # Rates per kind of node, not raw kernel times: the order then does not move with timing noise
+    # (search/cost.py); only the relative rates of different kinds are measured quantities.
+    costs = rate_costs(fallback_costs(times["fp32"], times["int8"]), inputs.model.proto.graph)
     inputs.state.save_record("search-costs", {"base_sha256": base_sha, "costs_ms": costs})
     return costs
-
-
-def _quantised(costs: dict[str, float], total_ms: float) -> dict[str, float]:
-    """Costs rounded to steps of 0.1% of the whole fp32 run (20 us at least): differences below
-    that are timing noise (on tiny models everything is), and letting noise reorder the search
-    would make two runs of one command disagree."""
-    step = max(COST_STEP * total_ms, COST_STEP_MIN_MS)
-    return {name: round(cost / step) * step for name, cost in costs.items()}
 
 
 def _plan(inputs: SearchInputs, nodes: list[str]):
