@@ -209,7 +209,7 @@ def tune(
         with timer("search"):
             search = _search(model, calibrations, candidates, evaluator, setup, config, folder, state, deadline)
         with timer("bench"):
-            _bench_all(candidates, setup["val"], config, progress)
+            _bench_all(candidates, setup["val"], config, progress, _bench_seconds(config, deadline))
         summary = _summarise(model, candidates, setup, config, folder, timer, command)
         summary.search = search
         # Steps a killed search verified are reused without asking the evaluator: add them.
@@ -218,7 +218,10 @@ def tune(
         reused = summary.search["evaluations_total"]["reused"]
         if reused:
             summary.notes.append(f"Resumed from the run folder: {reused} evaluation(s) reused, {evaluator.run} run now.")
-        if config.explain and calibrations:
+        if config.explain and calibrations and deadline is not None and time.monotonic() > deadline:
+            summary.notes.append("The time limit was reached: the explain pass (lint, diagnostics, coverage, "
+                                 "layer diff) was skipped; rerun without --time-limit for it.")
+        elif config.explain and calibrations:
             with timer("explain"):
                 summary.notes.extend(_explain(model, calibrations, candidates, setup, summary, folder,
                                               ranked=bool(search.get("steps"))))
@@ -456,7 +459,16 @@ def _score(result, name: str = "", precision: str = "", bench=None):
         n_samples=result.n_samples)
 
 
-def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Progress | None) -> None:
+def _bench_seconds(config: TuneConfig, deadline: float | None) -> float:
+    """The timing budget: what the config asks, shortened to the time left under a time limit
+    (2 s at least: fewer rounds than that say little)."""
+    if deadline is None:
+        return config.bench_seconds
+    return min(config.bench_seconds, max(deadline - time.monotonic(), 2.0))
+
+
+def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Progress | None,
+               seconds: float | None = None) -> None:
     """Time every candidate interleaved on one batch of real validation data."""
     from trimtab.backends import get_backend
     from trimtab.measure import bench_interleaved, peak_memory_bytes
@@ -468,7 +480,7 @@ def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Pr
             backend.prepare()
         report = (lambda done, total: progress("bench", done, total)) if progress else None
         results = bench_interleaved(
-            backends, feeds, baseline=candidates[0].artifact.name, min_seconds=config.bench_seconds, progress=report
+            backends, feeds, baseline=candidates[0].artifact.name, min_seconds=seconds if seconds is not None else config.bench_seconds, progress=report
         )
     finally:
         for backend in backends.values():

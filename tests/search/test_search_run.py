@@ -66,8 +66,11 @@ def test_max_evals_and_time_limit_are_honoured(tmp_path, chain):
     capped = trimtab.tune(path, data, data, _config(max_evals=1), out=tmp_path / "capped")
     assert capped.search["evaluations"] == 1
     assert capped.search["status"] in ("max_evals", "met")
-    late = trimtab.tune(path, data, data, _config(time_limit_s=0.01), out=tmp_path / "late")
+    late = trimtab.tune(path, data, data, _config(time_limit_s=0.01, bench_seconds=30.0, explain=True),
+                        out=tmp_path / "late")
     assert late.search["status"] == "time_limit" and late.search["evaluations"] == 0
+    assert late.timings_s["bench"] < 10.0  # 30 s asked, shortened to the 2 s floor past the limit
+    assert "explain" not in late.timings_s and any("time limit" in note for note in late.notes)
     assert late.chosen  # a decision is still made and written
     assert (tmp_path / "late" / "summary.json").is_file()
 
