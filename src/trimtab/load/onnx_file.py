@@ -1,4 +1,12 @@
-"""Read an ONNX file safely and prepare it: check, upgrade the opset, fold, infer shapes, hash."""
+"""Read an ONNX file safely and prepare it: check, upgrade the opset, fold, infer shapes, hash.
+
+A model file is untrusted input. Before anything is allocated from what it declares, `read_onnx`
+refuses: a file over protobuf's 2 GB limit (weights belong in external data), subgraphs (If/Loop/
+Scan bodies) nested deeper than MAX_SUBGRAPH_DEPTH, tensors whose declared size is negative or over
+MAX_TENSOR_BYTES, and external data that sits outside the model's folder, is not a regular file, or
+is shorter than the tensor it claims to hold. Prepared models whose inferred shapes declare a tensor
+over MAX_TENSOR_BYTES (a ConstantOfShape bomb) are refused too.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,12 @@ log = logging.getLogger(__name__)
 
 # Per-channel QuantizeLinear/DequantizeLinear (the `axis` attribute) needs opset 13.
 MIN_OPSET = 13
+# protobuf cannot serialise or parse one message over 2 GB; bigger models keep weights outside.
+PROTOBUF_LIMIT = 2**31 - 1
+# If/Loop/Scan bodies nest; real models go a few levels deep, a hostile file hundreds.
+MAX_SUBGRAPH_DEPTH = 32
+# One tensor over 16 GiB is not a model that fits anything trimtab targets: refuse it before allocating.
+MAX_TENSOR_BYTES = 1 << 34
 
 
 def read_onnx(path: str | Path):
@@ -24,9 +38,16 @@ def read_onnx(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise InvalidModelError(f"model file '{path}' does not exist", hint="check the path")
+    size = path.stat().st_size
+    if size > PROTOBUF_LIMIT:
+        raise InvalidModelError(
+            f"'{path}' is {size:,} bytes, over protobuf's 2 GB limit for one ONNX file",
+            hint="save the weights as external data: onnx.save(model, path, save_as_external_data=True, "
+            "location='weights.bin')",
+        )
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+    except (DecodeError, ValueError, RuntimeError, OSError, RecursionError, MemoryError) as exc:
         raise InvalidModelError(
             f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {exc})",
             hint="the file may be truncated or not an ONNX file; re-export or re-download it",
@@ -36,50 +57,130 @@ def read_onnx(path: str | Path):
             f"'{path}' parsed as an empty ONNX model (no nodes, no outputs): it is probably not an ONNX file",
             hint="pass the .onnx file exported from your framework",
         )
-    if _uses_external_data(proto):
-        _check_external_locations(proto, path.parent)
-        onnx.load_external_data_for_model(proto, str(path.parent))
+    tensors = list(all_tensors(proto, path))
+    for tensor in tensors:
+        _check_declared_size(tensor, path)
+    external = [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        for tensor in external:
+            _check_external_data(tensor, path)
+        try:
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise InvalidModelError(
+                f"the external data of '{path}' cannot be read ({type(exc).__name__}: {exc})",
+                hint="copy the model's data files next to it, as they were saved",
+            ) from exc
     return proto
 
 
-def _uses_external_data(proto) -> bool:
-    import onnx
+def all_tensors(proto, path: Path | str = "model"):
+    """Every TensorProto of the model: initializers and tensor attributes of the main graph and of
+    every subgraph (If/Loop/Scan bodies), walked without recursion. Raises InvalidModelError when
+    subgraphs nest deeper than MAX_SUBGRAPH_DEPTH."""
+    stack = [(proto.graph, 0)]
+    while stack:
+        graph, depth = stack.pop()
+        if depth > MAX_SUBGRAPH_DEPTH:
+            raise InvalidModelError(
+                f"'{path}' nests subgraphs (If/Loop/Scan bodies) more than {MAX_SUBGRAPH_DEPTH} levels deep",
+                hint="this is not a model an exporter writes; re-export it from its framework",
+            )
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    stack.append((attr.g, depth + 1))
+                stack.extend((sub, depth + 1) for sub in attr.graphs)
 
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(proto))
+
+def declared_bytes(tensor) -> int | None:
+    """Bytes the tensor's dims and type declare; None for types without a fixed size (strings)."""
+    import onnx.helper
+
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+    if tensor.data_type in (onnx.TensorProto.STRING,):
+        return None
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (count + 1) // 2
+    return count * itemsize
 
 
-def _all_tensors(proto):
-    yield from proto.graph.initializer
-    for node in proto.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
+def _check_declared_size(tensor, path: Path) -> None:
+    if any(dim < 0 for dim in tensor.dims):
+        raise InvalidModelError(
+            f"'{path}': tensor '{tensor.name}' declares a negative dimension {list(tensor.dims)}",
+            hint="the file is corrupt or hostile; re-export the model",
+        )
+    size = declared_bytes(tensor)
+    if size is not None and size > MAX_TENSOR_BYTES:
+        raise InvalidModelError(
+            f"'{path}': tensor '{tensor.name}' declares {size:,} bytes (dims {list(tensor.dims)}), over "
+            f"trimtab's limit of {MAX_TENSOR_BYTES:,} bytes per tensor",
+            hint="the file is corrupt or hostile; re-export the model",
+        )
 
 
-def _check_external_locations(proto, folder: Path) -> None:
-    """External data must stay inside the model's folder: no absolute paths, no '..', no symlinks out."""
-    root = folder.resolve()
-    for tensor in _all_tensors(proto):
-        for entry in tensor.external_data:
-            if entry.key != "location":
-                continue
-            location = entry.value
-            target = (folder / location).resolve()
-            if os.path.isabs(location) or not target.is_relative_to(root):
-                raise InvalidModelError(
-                    f"tensor '{tensor.name}' keeps its data at '{location}', outside the model folder '{folder}'",
-                    hint="external data files must sit in the model's folder; re-save the model with "
-                    "onnx.save(..., save_as_external_data=True, location='<file name>')",
-                )
+def _check_external_data(tensor, path: Path) -> None:
+    """External data must stay inside the model's folder (no absolute paths, no '..', no symlinks
+    out), be a regular file, and hold the bytes the tensor declares (checked before reading any)."""
+    folder = path.parent
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    location = entries.get("location", "")
+    target = (folder / location).resolve()
+    if not location or os.path.isabs(location) or not target.is_relative_to(folder.resolve()):
+        raise InvalidModelError(
+            f"tensor '{tensor.name}' of '{path}' keeps its data at '{location}', outside the model folder "
+            f"'{folder}'",
+            hint="external data files must sit in the model's folder; re-save the model with "
+            "onnx.save(..., save_as_external_data=True, location='<file name>')",
+        )
+    if not target.is_file():
+        raise InvalidModelError(
+            f"tensor '{tensor.name}' of '{path}' keeps its data in '{location}', which is missing or not a "
+            "regular file",
+            hint="copy the model's data files next to it, as they were saved",
+        )
+    try:
+        offset = int(entries.get("offset", 0))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError as exc:
+        raise InvalidModelError(
+            f"tensor '{tensor.name}' of '{path}' has a malformed external data entry ({exc})",
+            hint="the file is corrupt or hostile; re-export the model",
+        ) from exc
+    available = target.stat().st_size - offset
+    declared = declared_bytes(tensor)
+    wanted = declared if declared is not None else length
+    if offset < 0 or (length is not None and length < 0) or available < (wanted or 0) or (
+        declared is not None and length is not None and length != declared
+    ):
+        raise InvalidModelError(
+            f"tensor '{tensor.name}' of '{path}' declares {declared} bytes (length {length}, offset {offset}) "
+            f"but '{location}' holds {max(available, 0)} bytes from that offset",
+            hint="the data file is truncated or does not belong to this model; re-save the model",
+        )
 
 
 def prepare(proto, *, name: str, path: Path | None = None) -> Model:
     """Check, upgrade to opset >= 13, fold constants and BatchNormalization, infer shapes, hash."""
-    _check(proto, name)
+    large = proto.ByteSize() > PROTOBUF_LIMIT
+    _check(proto, name, path if large else None)
     proto = _upgrade_opset(proto, name)
-    proto = _fold(proto, name)
-    proto = _infer_shapes(proto)
-    digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    if not large:  # a >2 GB proto cannot be serialised for ONNX Runtime or the shape inferencer
+        proto = _fold(proto, name)
+        proto = _infer_shapes(proto)
+        _check_inferred_sizes(proto, name)
+    digest = model_sha256(proto)
     initialisers = {init.name for init in proto.graph.initializer}
     return Model(
         proto=proto,
@@ -91,11 +192,54 @@ def prepare(proto, *, name: str, path: Path | None = None) -> Model:
     )
 
 
-def _check(proto, name: str) -> None:
+def model_sha256(proto) -> str:
+    """sha256 of the serialised graph. Over protobuf's 2 GB limit, tensors' raw data is hashed one
+    tensor at a time and the rest of the graph serialised without it (the data is put back)."""
+    if proto.ByteSize() <= PROTOBUF_LIMIT:
+        return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    digest = hashlib.sha256(b"trimtab.large-model/1")
+    held = [(t, t.raw_data) for t in all_tensors(proto) if t.HasField("raw_data")]
+    try:
+        for tensor, data in held:
+            digest.update(tensor.name.encode() + b"\0" + hashlib.sha256(data).digest())
+            tensor.ClearField("raw_data")
+        digest.update(proto.SerializeToString(deterministic=True))
+    finally:
+        for tensor, data in held:
+            tensor.raw_data = data
+    return digest.hexdigest()
+
+
+def _check_inferred_sizes(proto, name: str) -> None:
+    """Refuse a graph whose static inferred shapes declare a tensor over MAX_TENSOR_BYTES (e.g. a
+    ConstantOfShape of [100000, 100000, 100]) before any runtime allocates it."""
+    import onnx.helper
+
+    for value in [*proto.graph.value_info, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not value.type.HasField("tensor_type") or not all(d.HasField("dim_value") for d in dims):
+            continue
+        count = 1
+        for dim in dims:
+            count *= max(dim.dim_value, 0)
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            continue
+        if count * itemsize > MAX_TENSOR_BYTES:
+            raise InvalidModelError(
+                f"model '{name}': tensor '{value.name}' has shape {[d.dim_value for d in dims]} "
+                f"({count * itemsize:,} bytes), over trimtab's limit of {MAX_TENSOR_BYTES:,} bytes per tensor",
+                hint="the model would exhaust memory at run time; check the shapes it builds",
+            )
+
+
+def _check(proto, name: str, path: Path | None = None) -> None:
     import onnx
 
     try:
-        onnx.checker.check_model(proto, full_check=False)
+        # over 2 GB the checker must read the model from its path (external data beside it)
+        onnx.checker.check_model(str(path) if path is not None else proto, full_check=False)
     except (onnx.checker.ValidationError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidModelError(

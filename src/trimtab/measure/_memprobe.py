@@ -34,7 +34,7 @@ def main(artifact: str, feeds_path: str, threads: int) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    with np.load(feeds_path) as archive:
+    with np.load(feeds_path, allow_pickle=False) as archive:
         feeds = {name: archive[name] for name in archive.files}
     use_proc = _status_bytes("VmRSS") is not None
     baseline = _status_bytes("VmRSS") if use_proc else _maxrss_bytes()
