@@ -7,6 +7,7 @@ Arrays are always loaded with allow_pickle=False: a data file must never run cod
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,13 +62,26 @@ def _read_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                 if not member.endswith(".npy"):
                     continue
                 with archive.open(member) as stream:
-                    headers[member[: -len(".npy")]] = _read_header(stream)
-    except (zipfile.BadZipFile, ValueError, OSError) as error:
+                    shape, dtype = headers[member[: -len(".npy")]] = _read_header(stream)
+                _check_declared_size(path, member, shape, dtype, archive.getinfo(member).file_size)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, SyntaxError, KeyError) as error:
         raise InvalidDataError(
             f"{path} is not a readable .npz file ({error})",
             hint="write it with numpy.savez or numpy.savez_compressed",
         ) from error
     return headers
+
+
+def _check_declared_size(path: Path, member: str, shape, dtype: np.dtype, stored: int) -> None:
+    """A header that declares more bytes than its zip member holds is corrupt or hostile: refuse
+    it before np.load allocates the declared size."""
+    declared = math.prod(int(n) for n in shape) * dtype.itemsize
+    if any(int(n) < 0 for n in shape) or declared > stored:
+        raise InvalidDataError(
+            f"array '{member}' in {path} declares shape {tuple(shape)} ({declared:,} bytes) but holds "
+            f"{stored:,} bytes",
+            hint="the file is truncated or corrupt; write it again with numpy.savez",
+        )
 
 
 def _read_header(stream) -> tuple[tuple[int, ...], np.dtype]:

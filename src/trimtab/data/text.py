@@ -40,6 +40,11 @@ class TextLine:
 
 def detect_encoding(path: Path) -> str:
     """"utf-8-sig" when the whole file is valid UTF-8, else "cp1252" or "latin-1" (with a warning)."""
+    with open(path, "rb") as stream:
+        head = stream.read(4)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not head.startswith(codecs.BOM_UTF32_LE):
+        if _first_decode_error(path, "utf-16") is None:
+            return "utf-16"  # Windows' "Unicode" text files; the BOM gives the byte order
     error = _first_decode_error(path, "utf-8")
     if error is None:
         return "utf-8-sig"
@@ -72,15 +77,27 @@ def split_label(line: str) -> tuple[str | None, str]:
 
 
 def iter_text_lines(path: Path, encoding: str) -> Iterator[TextLine]:
-    """Non-blank lines of `path`, labels split off, over-long lines cut to MAX_LINE_CHARS."""
-    with open(path, encoding=encoding) as stream:
-        for line_no, raw in enumerate(stream, start=1):
-            line = raw.strip()
+    """Non-blank lines of `path`, labels split off, over-long lines cut to MAX_LINE_CHARS.
+
+    At most MAX_LINE_CHARS + 1 characters of a line are held at once: the rest of an over-long
+    line (a file without newlines) is read in pieces and dropped."""
+    with open(path, encoding=encoding, errors="replace") as stream:
+        line_no = 0
+        while raw := stream.readline(MAX_LINE_CHARS + 1):
+            line_no += 1
+            truncated = len(raw) > MAX_LINE_CHARS and not raw.endswith("\n")
+            if truncated:
+                _skip_rest_of_line(stream)
+            line = raw[:MAX_LINE_CHARS].strip()
             if not line:
                 continue
-            truncated = len(line) > MAX_LINE_CHARS
-            label, text = split_label(line[:MAX_LINE_CHARS] if truncated else line)
+            label, text = split_label(line)
             yield TextLine(line_no, text, label, truncated)
+
+
+def _skip_rest_of_line(stream) -> None:
+    while (rest := stream.readline(_CHUNK_BYTES)) and not rest.endswith("\n"):
+        pass
 
 
 def warn_truncated(path: Path, line: TextLine) -> None:
