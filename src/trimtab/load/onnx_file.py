@@ -173,7 +173,7 @@ def _check_external_data(tensor, path: Path) -> None:
 
 def prepare(proto, *, name: str, path: Path | None = None) -> Model:
     """Check, upgrade to opset >= 13, fold constants and BatchNormalization, infer shapes, hash."""
-    large = proto.ByteSize() > PROTOBUF_LIMIT
+    large = is_over_protobuf_limit(proto)
     _check(proto, name, path if large else None)
     proto = _upgrade_opset(proto, name)
     if not large:  # a >2 GB proto cannot be serialised for ONNX Runtime or the shape inferencer
@@ -192,10 +192,17 @@ def prepare(proto, *, name: str, path: Path | None = None) -> Model:
     )
 
 
+def is_over_protobuf_limit(proto) -> bool:
+    try:
+        return proto.ByteSize() > PROTOBUF_LIMIT
+    except Exception:  # noqa: BLE001 - upb raises EncodeError when asked to size a message over 2 GB
+        return True
+
+
 def model_sha256(proto) -> str:
     """sha256 of the serialised graph. Over protobuf's 2 GB limit, tensors' raw data is hashed one
     tensor at a time and the rest of the graph serialised without it (the data is put back)."""
-    if proto.ByteSize() <= PROTOBUF_LIMIT:
+    if not is_over_protobuf_limit(proto):
         return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
     digest = hashlib.sha256(b"trimtab.large-model/1")
     held = [(t, t.raw_data) for t in all_tensors(proto) if t.HasField("raw_data")]
