@@ -633,16 +633,12 @@ def _finite(value):
 
 
 def _write_outputs(summary, candidates: list[Measured], folder: RunFolder) -> None:
-    import shutil
-
-    from trimtab._io import atomic_write_json
+    from trimtab._io import atomic_copy, atomic_write_json
     from trimtab.report import write_report
 
     chosen = next(c for c in candidates if c.artifact.name == summary.chosen)
     atomic_write_json(folder.plan, _plan_of(chosen.artifact))
-    tmp = folder.models / ".chosen.onnx.tmp"
-    shutil.copyfile(chosen.path, tmp)
-    tmp.replace(folder.models / "chosen.onnx")
+    atomic_copy(chosen.path, folder.models / "chosen.onnx")
     summary.save(folder.summary)
     write_report(summary, folder.report)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trimtab._io import atomic_write_json
+from trimtab._io import atomic_write_json, file_lock
 from trimtab.calibrate.collect import DatasetLike, Progress, collect_histograms
 from trimtab.calibrate.histogram import ChannelRange, HistogramSet, TensorHistogram
 from trimtab.calibrate.methods import DEFAULT_PERCENTILE, compute_ranges
@@ -138,14 +138,16 @@ def calibrate(
     fingerprint = dataset.fingerprint()
     folder = cache_folder(cache_dir, model.sha256, fingerprint)
     hist_path = folder / HISTOGRAMS_FILE
-    hist_set, from_cache = _histograms(model, dataset, hist_path, fingerprint, batch_size, progress)
-    digest = _file_sha256(hist_path)
-    ranges_path = folder / _ranges_file(method, percentile)
-    calibration = _cached_ranges(ranges_path, model.sha256, fingerprint, method, percentile, digest)
-    if calibration is None:
-        calibration = _make_calibration(hist_set, method, percentile, model.sha256, fingerprint)
-        calibration.histograms_path = str(hist_path)
-        atomic_write_json(ranges_path, {**calibration.to_json(), "histograms_sha256": digest})
+    # One process at a time per entry: a second one waits, then reads what the first wrote.
+    with file_lock(folder):
+        hist_set, from_cache = _histograms(model, dataset, hist_path, fingerprint, batch_size, progress)
+        digest = _file_sha256(hist_path)
+        ranges_path = folder / _ranges_file(method, percentile)
+        calibration = _cached_ranges(ranges_path, model.sha256, fingerprint, method, percentile, digest)
+        if calibration is None:
+            calibration = _make_calibration(hist_set, method, percentile, model.sha256, fingerprint)
+            calibration.histograms_path = str(hist_path)
+            atomic_write_json(ranges_path, {**calibration.to_json(), "histograms_sha256": digest})
     calibration.from_cache = from_cache
     return calibration
 

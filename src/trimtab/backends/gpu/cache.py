@@ -55,8 +55,11 @@ def entry_folder(cache_dir: Path | None, key: dict) -> Path:
 
 
 def load(folder: Path) -> Plan | None:
+    from trimtab._io import file_lock
+
     try:
-        return Plan.load(folder)
+        with file_lock(folder, shared=True):
+            return Plan.load(folder)
     except Exception as exc:  # a damaged entry is rebuilt, never trusted
         log.warning("ignoring unreadable gpu engine cache entry %s: %s", folder, exc)
         return None
@@ -65,6 +68,9 @@ def load(folder: Path) -> Plan | None:
 def store(folder: Path, plan: Plan, key: dict) -> None:
     from trimtab._io import atomic_write_json
 
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "key.json", key)
-    plan.save(folder)
+    from trimtab._io import file_lock
+
+    with file_lock(folder):  # readers never see key.json of one plan beside another's files
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "key.json", key)
+        plan.save(folder)
