@@ -57,8 +57,10 @@ def entry_folder(cache_dir: Path | None, key: dict) -> Path:
 def load(folder: Path) -> Plan | None:
     from trimtab._io import file_lock
 
+    if not folder.is_dir():
+        return None
     try:
-        with file_lock(folder, shared=True):
+        with file_lock(folder / "plan", shared=True):  # the lock file lives inside the entry
             return Plan.load(folder)
     except Exception as exc:  # a damaged entry is rebuilt, never trusted
         log.warning("ignoring unreadable gpu engine cache entry %s: %s", folder, exc)
@@ -70,7 +72,6 @@ def store(folder: Path, plan: Plan, key: dict) -> None:
 
     from trimtab._io import file_lock
 
-    with file_lock(folder):  # readers never see key.json of one plan beside another's files
-        folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / "plan"):  # readers never see key.json of one plan beside another's files
         atomic_write_json(folder / "key.json", key)
         plan.save(folder)
