@@ -315,6 +315,7 @@ class HistogramSet:
                 f"histogram format version {version}; this trimtab reads version {FORMAT_VERSION}",
                 hint="delete the calibration cache; the next calibration rebuilds it",
             )
+        _check_arrays(arrays)
         counts = arrays["counts"]
         result = cls(bins=int(counts.shape[1]), meta=json.loads(str(arrays["meta_json"])))
         for i, name in enumerate(arrays["names"].tolist()):
@@ -333,3 +334,34 @@ class HistogramSet:
                 channel_range.max = arrays["channel_maxs"][offsets[i]:offsets[i + 1]].astype(np.float64)
                 result.channels[name] = channel_range
         return result
+
+
+def _check_arrays(arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a histogram file whose arrays unzip but cannot be histograms (found by fuzzing the
+    cache reader: a file with the right keys and hostile values crashed the range methods)."""
+    counts = arrays["counts"]
+    rows = counts.shape[0] if counts.ndim == 2 else -1
+    per_tensor = ("names", "ranges", "mins", "maxs", "totals", "sentinels")
+    problems = []
+    if counts.ndim != 2 or counts.shape[1] < 1 or counts.dtype.kind not in "iu" or (counts < 0).any():
+        problems.append("counts is not a 2-D array of non-negative integers")
+    elif any(arrays[key].shape != (rows,) for key in per_tensor):
+        problems.append("per-tensor arrays differ in length")
+    else:
+        mins, maxs, ranges = (arrays[k].astype(np.float64) for k in ("mins", "maxs", "ranges"))
+        seen = counts.sum(axis=1) > 0
+        if not np.isfinite(ranges).all() or (ranges < 0).any():
+            problems.append("a histogram range is negative or not finite")
+        if not (np.isfinite(mins[seen]).all() and np.isfinite(maxs[seen]).all() and (mins[seen] <= maxs[seen]).all()):
+            problems.append("a tensor's min/max is not finite or min > max")
+        if (arrays["totals"] < 0).any() or (arrays["sentinels"] < 0).any():
+            problems.append("a negative count")
+    if "channel_names" in arrays:
+        sizes = arrays["channel_sizes"]
+        lengths = {arrays["channel_mins"].shape, arrays["channel_maxs"].shape}
+        if (sizes.ndim != 1 or (sizes < 1).any() or sizes.shape != arrays["channel_names"].shape
+                or lengths != {(int(sizes.sum()),)} or np.isnan(arrays["channel_mins"]).any()
+                or np.isnan(arrays["channel_maxs"]).any()):
+            problems.append("per-channel ranges are inconsistent")
+    if problems:  # HistogramSet.load turns this into a CalibrationError naming the file
+        raise ValueError(f"inconsistent histogram arrays: {problems[0]}")

@@ -1,0 +1,241 @@
+"""Fuzzing (issue 6) with hypothesis: the ONNX loader, the data loaders and the calibration cache
+reader, fed mutated and random bytes. Each target may succeed or raise a TrimtabError; any other
+exception is a finding (fixed, and kept below as an @example).
+
+CI runs each target a few seconds, derandomized. A longer run, random seeds until the time is up:
+
+    TRIMTAB_FUZZ_SECONDS=600 .venv/bin/python -m pytest -q tests/fuzz -s
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests.calibrate.conftest import StandInDataset, conv_relu_matmul, make_model
+from tests.conftest import conv_bn_relu_model
+from trimtab.calibrate import calibrate
+from trimtab.calibrate.cache import HISTOGRAMS_FILE, cache_folder
+from trimtab.data import Dataset, ImageTransform
+from trimtab.data.images import load_image
+from trimtab.errors import TrimtabError
+from trimtab.load import load_model
+
+FUZZ_SECONDS = float(os.environ.get("TRIMTAB_FUZZ_SECONDS", "0"))
+CI_EXAMPLES = 40
+SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
+
+
+def fuzz(test):
+    """CI: `CI_EXAMPLES` derandomized examples. Long mode: fresh random batches until
+    TRIMTAB_FUZZ_SECONDS have passed (the count is printed)."""
+    short = settings(max_examples=CI_EXAMPLES, derandomize=True, **SETTINGS)(test)
+    if not FUZZ_SECONDS:
+        return short
+    batch = settings(max_examples=200, derandomize=False, **SETTINGS)(test)
+
+    def run(*args, **kwargs):
+        deadline, rounds = time.monotonic() + FUZZ_SECONDS, 0
+        while time.monotonic() < deadline:
+            batch(*args, **kwargs)
+            rounds += 1
+        print(f"{test.__name__}: {rounds * 200} examples in {FUZZ_SECONDS:.0f} s")
+
+    run.__name__ = test.__name__
+    return run
+
+
+def mutations(seed: bytes):
+    """Byte strings near `seed`: flipped, overwritten, inserted and deleted bytes, truncations."""
+
+    @st.composite
+    def mutate(draw):
+        data = bytearray(seed)
+        for _ in range(draw(st.integers(1, 8))):
+            kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "splice"]))
+            at = draw(st.integers(0, max(len(data) - 1, 0)))
+            if kind == "flip" and data:
+                data[at] ^= 1 << draw(st.integers(0, 7))
+            elif kind == "set" and data:
+                data[at] = draw(st.sampled_from([0, 0x7F, 0x80, 0xFF, draw(st.integers(0, 255))]))
+            elif kind == "insert":
+                data[at:at] = draw(st.binary(min_size=1, max_size=16))
+            elif kind == "delete":
+                del data[at: at + draw(st.integers(1, 16))]
+            elif kind == "truncate":
+                del data[at:]
+            elif kind == "splice":
+                data[at: at + 8] = b"\xff\xff\xff\xff\x0f" + bytes(3)  # a huge varint length
+        return bytes(data)
+
+    return mutate() | st.binary(max_size=512)
+
+
+MODEL_BYTES = conv_bn_relu_model().SerializeToString()
+
+
+@fuzz
+@given(data=mutations(MODEL_BYTES))
+@example(data=MODEL_BYTES[:57] + b"\xff\xff\xff\xff\x0f" + MODEL_BYTES[62:])
+def test_fuzz_onnx_loader(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    path.write_bytes(data)
+    try:
+        model = load_model(path)
+    except TrimtabError:
+        return
+    assert len(model.sha256) == 64
+
+
+def _image_bytes(fmt: str, mode: str) -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 10, 3), np.uint8)
+    Image.fromarray(pixels).convert(mode).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+IMAGES = {"png": _image_bytes("PNG", "RGB"), "jpg": _image_bytes("JPEG", "RGB"),
+          "bmp": _image_bytes("BMP", "P"), "webp": _image_bytes("WEBP", "RGB")}
+
+
+@fuzz
+@given(suffix=st.sampled_from(sorted(IMAGES)), data=st.data())
+def test_fuzz_image_loader(tmp_path_factory, suffix, data):
+    content = data.draw(mutations(IMAGES[suffix]))
+    folder = tmp_path_factory.mktemp("img")
+    (folder / f"x.{suffix}").write_bytes(content)
+    try:
+        image = load_image(folder / f"x.{suffix}")
+    except TrimtabError:
+        image = None
+    if image is not None:
+        assert image.mode in ("RGB", "L")
+    try:
+        samples = list(Dataset(folder, ImageTransform(resize=8, crop=8)))
+    except TrimtabError:
+        return
+    assert all(np.isfinite(s.inputs["input"]).all() for s in samples)
+
+
+@fuzz
+@given(content=st.binary(max_size=2048) | st.text(max_size=512).map(lambda t: t.encode("utf-8", "surrogatepass")))
+@example(content=b"\xff\xfe" + b"a\x00")
+@example(content=b"\xff\xfea")  # a UTF-16 BOM on an odd number of bytes
+def test_fuzz_text_loader(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("txt") / "t.txt"
+    path.write_bytes(content)
+    try:
+        items = [item.raw for item in Dataset(path, lambda raw: {"x": np.zeros(1)})._source]
+    except TrimtabError:
+        return
+    assert items and all(isinstance(item, str) for item in items)
+
+
+def _npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.arange(12, dtype=np.float32).reshape(4, 3), labels=np.arange(4))
+    return buffer.getvalue()
+
+
+NPZ_BYTES = _npz_bytes()
+
+
+@fuzz
+@given(data=mutations(NPZ_BYTES))
+def test_fuzz_npz_loader(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("npz") / "d.npz"
+    path.write_bytes(data)
+    try:
+        samples = list(Dataset(path))
+    except TrimtabError:
+        return
+    assert samples
+
+
+_MODEL = make_model(conv_relu_matmul())
+_DATA = StandInDataset({"x": np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32)})
+
+
+def _fresh_cache(root: Path) -> Path:
+    calibrate(_MODEL, _DATA, "minmax", cache_dir=root)
+    return cache_folder(root, _MODEL.sha256, _DATA.fingerprint())
+
+
+def _check_cache_reader(root: Path) -> None:
+    try:
+        calibration = calibrate(_MODEL, _DATA, "entropy", cache_dir=root)
+    except TrimtabError:
+        return
+    for r in calibration.ranges.values():
+        assert np.isfinite([r.amax, r.min, r.max]).all() and r.amax >= 0
+
+
+@fuzz
+@given(data=st.data())
+def test_fuzz_cache_reader_bytes(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("cache")
+    entry = _fresh_cache(root)
+    target = data.draw(st.sampled_from([HISTOGRAMS_FILE, "ranges-minmax.json"]))
+    (entry / target).write_bytes(data.draw(mutations((entry / target).read_bytes())))
+    try:
+        calibrate(_MODEL, _DATA, "minmax", cache_dir=root)
+    except TrimtabError:
+        pass
+    _check_cache_reader(root)
+
+
+FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@fuzz
+@given(data=st.data())
+def test_fuzz_cache_reader_arrays(tmp_path_factory, data):
+    """Histogram files that unzip and carry the right keys, with hostile values."""
+    root = tmp_path_factory.mktemp("cache")
+    entry = _fresh_cache(root)
+    with np.load(entry / HISTOGRAMS_FILE, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    key = data.draw(st.sampled_from(sorted(k for k in arrays if k != "meta_json")))
+    original = arrays[key]
+    if original.dtype.kind in "fiu" and original.size:
+        values = data.draw(st.lists(FLOATS if original.dtype.kind == "f" else st.integers(-(2**40), 2**40),
+                                    min_size=1, max_size=original.size))
+        flat = original.astype(np.float64 if original.dtype.kind == "f" else np.int64).ravel().copy()
+        flat[: len(values)] = values
+        arrays[key] = flat.reshape(original.shape).astype(original.dtype) if data.draw(st.booleans()) else flat[: len(values)]
+    else:
+        arrays[key] = np.array(data.draw(st.text(max_size=20)))
+    if data.draw(st.booleans()):
+        meta = json.loads(str(arrays["meta_json"]))
+        meta["num_samples"] = data.draw(st.integers(-5, 10**12))
+        arrays["meta_json"] = np.array(json.dumps(meta))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    (entry / HISTOGRAMS_FILE).write_bytes(buffer.getvalue())
+    _check_cache_reader(root)
+
+
+@pytest.mark.parametrize("key,value", [("mins", 4.0), ("ranges", float("nan")), ("counts", -1), ("totals", -3)])
+def test_finding_hostile_histogram_values_are_a_calibration_error(tmp_path, key, value):
+    """Regression for the cache-reader fuzz finding: a histogram file with the right keys and
+    min > max (or NaN ranges, negative counts) crashed the range methods with a ValueError."""
+    entry = _fresh_cache(tmp_path)
+    path = entry / HISTOGRAMS_FILE
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k].copy() for k in npz.files}
+    arrays[key].flat[0] = value
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(TrimtabError, match=HISTOGRAMS_FILE) as info:
+        calibrate(_MODEL, _DATA, "entropy", cache_dir=tmp_path)
+    assert "inconsistent" in str(info.value) and info.value.hint
