@@ -59,7 +59,7 @@ def _load_torch(module, example_inputs: dict | None, name: str | None) -> Model:
         )
     model_name = name or type(module).__name__
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{model_name}.onnx"
+        path = Path(tmp) / "model.onnx"  # never a file name from the (user-given) model name
         export_module(module, example_inputs, path, output_names=["output"])
         return prepare(read_onnx(path), name=model_name)
 
