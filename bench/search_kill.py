@@ -7,7 +7,10 @@ moments, then resumed with the same command into the same run folder.
              file in the folder is whole (JSON parses, ONNX checks, npz opens), the resumed run's
              answer and how many evaluations it ran and reused
 
-    PYTHONPATH=src python bench/search_kill.py [--kills 12,20,28] [--write docs/perf.md]
+    PYTHONPATH=src python bench/search_kill.py [--kills 20,step1,step2] [--write docs/perf.md]
+
+A kill point is seconds after the start (`20`) or `stepN`: as soon as the run has saved N verified
+search steps (polled every 10 ms), so a kill lands inside the search whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -50,14 +53,25 @@ def run_to_end(out: Path) -> dict:
     return answer(out, time.perf_counter() - began)
 
 
-def run_and_kill(out: Path, after: float) -> str:
-    process = subprocess.Popen(trimtab(out), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def saved_steps(out: Path) -> int:
     try:
-        process.wait(timeout=after)
+        return len(json.loads((out / "state" / "search-steps.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def run_and_kill(out: Path, point: str) -> str:
+    process = subprocess.Popen(trimtab(out), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    began = time.monotonic()
+    while process.poll() is None:
+        due = (saved_steps(out) >= int(point[4:])) if point.startswith("step") else \
+            (time.monotonic() - began >= float(point))
+        if due:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    if process.wait() == 0:
         return "finished before the kill"
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
     stages = [line.split("stage ", 1)[1].split(" ")[0] for line in (out / "log.txt").read_text().splitlines()
               if "stage " in line and line.rstrip().endswith("...")]
     steps = (out / "state" / "search-steps.json")
@@ -96,20 +110,22 @@ def answer(out: Path, seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", default="12,20,28", help="seconds after the start to SIGKILL each run")
+    parser.add_argument("--kills", default="20,step1,step2",
+                        help="kill points: seconds after the start, or stepN (after N saved search steps)")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="trimtab-kill-") as tmp:
         fresh = run_to_end(Path(tmp) / "fresh")
         rows.append(("fresh", "-", "-", fresh))
-        for after in (float(x) for x in args.kills.split(",")):
-            out = Path(tmp) / f"kill-{after:g}"
-            interrupted = run_and_kill(out, after)
+        for point in args.kills.split(","):
+            out = Path(tmp) / f"kill-{point}"
+            interrupted = run_and_kill(out, point)
             checked, problems = consistent(out)
             resumed = run_to_end(out)
             whole = f"{checked} files, all whole" if not problems else f"{checked} files; corrupt: {', '.join(problems)}"
-            rows.append((f"kill at {after:g} s", interrupted, whole, resumed))
+            label = f"kill after {point[4:]} search step(s)" if point.startswith("step") else f"kill at {point} s"
+            rows.append((label, interrupted, whole, resumed))
     lines = table(rows, fresh, args)
     print("\n".join(lines))
     if args.write:
