@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def _read_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                 with archive.open(member) as stream:
                     shape, dtype = headers[member[: -len(".npy")]] = _read_header(stream)
                 _check_declared_size(path, member, shape, dtype, archive.getinfo(member).file_size)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, SyntaxError, KeyError) as error:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, SyntaxError, KeyError, NotImplementedError) as error:
         raise InvalidDataError(
             f"{path} is not a readable .npz file ({error})",
             hint="write it with numpy.savez or numpy.savez_compressed",
@@ -117,5 +118,14 @@ def _check_array(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype)
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of the file, loaded (allow_pickle=False)."""
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError, zlib.error) as error:
+        raise InvalidDataError(
+            f"{path} cannot be loaded ({type(error).__name__}: {error})",
+            hint="the file is corrupt or not written by numpy.savez; write it again",
+        ) from error
+    for name, array in arrays.items():
+        _check_array(path, name, array.shape, array.dtype)
+    return arrays
