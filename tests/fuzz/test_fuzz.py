@@ -9,6 +9,7 @@ CI runs each target a few seconds, derandomized. A longer run, random seeds unti
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -42,14 +43,14 @@ def fuzz(test):
         return settings(max_examples=CI_EXAMPLES, derandomize=True, **SETTINGS)(test)
     batch = settings(max_examples=200, derandomize=False, **SETTINGS)(test)
 
+    @functools.wraps(batch)  # pytest sees the fixtures hypothesis leaves in the signature
     def run(*args, **kwargs):
         deadline, rounds = time.monotonic() + FUZZ_SECONDS, 0
         while time.monotonic() < deadline:
             batch(*args, **kwargs)
             rounds += 1
-        print(f"{test.__name__}: {rounds * 200} examples in {FUZZ_SECONDS:.0f} s")
+        print(f"{test.__name__}: {rounds} batches of up to 200 examples in {FUZZ_SECONDS:.0f} s")
 
-    run.__name__ = test.__name__
     return run
 
 
