@@ -360,8 +360,8 @@ def _check_arrays(arrays: dict[str, np.ndarray]) -> None:
         sizes = arrays["channel_sizes"]
         lengths = {arrays["channel_mins"].shape, arrays["channel_maxs"].shape}
         if (sizes.ndim != 1 or (sizes < 1).any() or sizes.shape != arrays["channel_names"].shape
-                or lengths != {(int(sizes.sum()),)} or np.isnan(arrays["channel_mins"]).any()
-                or np.isnan(arrays["channel_maxs"]).any()):
+                or lengths != {(int(sizes.sum()),)} or not np.isfinite(arrays["channel_mins"]).all()
+                or not np.isfinite(arrays["channel_maxs"]).all()):
             problems.append("per-channel ranges are inconsistent")
     if problems:  # HistogramSet.load turns this into a CalibrationError naming the file
         raise ValueError(f"inconsistent histogram arrays: {problems[0]}")
