@@ -209,8 +209,14 @@ def tune(
         with timer("search"):
             search = _search(model, calibrations, candidates, evaluator, setup, config, folder, state, deadline)
         with timer("bench"):
-            _bench_all(candidates, setup["val"], config, progress, _bench_seconds(config, deadline))
+            summary_notes = []
+            hurry = deadline is not None and time.monotonic() + config.bench_seconds > deadline
+            _bench_all(candidates, setup["val"], config, progress, _bench_seconds(config, deadline), hurry)
+            if hurry:
+                summary_notes.append("The time limit was near: candidates were timed in 3 rounds and peak memory "
+                                     "was not measured.")
         summary = _summarise(model, candidates, setup, config, folder, timer, command)
+        summary.notes.extend(summary_notes)
         summary.search = search
         # Steps a killed search verified are reused without asking the evaluator: add them.
         summary.search["evaluations_total"] = {"run": evaluator.run,
@@ -468,8 +474,9 @@ def _bench_seconds(config: TuneConfig, deadline: float | None) -> float:
 
 
 def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Progress | None,
-               seconds: float | None = None) -> None:
-    """Time every candidate interleaved on one batch of real validation data."""
+               seconds: float | None = None, hurry: bool = False) -> None:
+    """Time every candidate interleaved on one batch of real validation data. `hurry` (past a time
+    limit): the fewest rounds that still give a spread (3), and no peak-memory subprocesses."""
     from trimtab.backends import get_backend
     from trimtab.measure import bench_interleaved, peak_memory_bytes
 
@@ -480,14 +487,16 @@ def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Pr
             backend.prepare()
         report = (lambda done, total: progress("bench", done, total)) if progress else None
         results = bench_interleaved(
-            backends, feeds, baseline=candidates[0].artifact.name, min_seconds=seconds if seconds is not None else config.bench_seconds, progress=report
+            backends, feeds, baseline=candidates[0].artifact.name,
+            min_seconds=seconds if seconds is not None else config.bench_seconds, progress=report,
+            **({"rounds": 3, "warmup": 1} if hurry else {}),
         )
     finally:
         for backend in backends.values():
             backend.close()
     for candidate in candidates:
         candidate.bench = results[candidate.artifact.name]
-        if config.measure_memory and config.target == Target.ORT_CPU:  # an ONNX Runtime CPU figure
+        if config.measure_memory and config.target == Target.ORT_CPU and not hurry:  # an ONNX Runtime CPU figure
             candidate.peak_mem_bytes = peak_memory_bytes(candidate.path, feeds, threads=config.threads)
 
 
