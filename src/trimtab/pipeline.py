@@ -465,11 +465,11 @@ def _score(result, name: str = "", precision: str = "", bench=None):
         n_samples=result.n_samples)
 
 
-def _bench_seconds(config: TuneConfig, deadline: float | None) -> float:
-    """The timing budget: what the config asks, shortened to the time left under a time limit
-    (2 s at least: fewer rounds than that say little)."""
+def _bench_seconds(config: TuneConfig, deadline: float | None) -> float | None:
+    """The timing budget under a time limit: what the config asks, shortened to the time left
+    (2 s at least: fewer rounds than that say little); None without a limit."""
     if deadline is None:
-        return config.bench_seconds
+        return None
     return min(config.bench_seconds, max(deadline - time.monotonic(), 2.0))
 
 
@@ -488,8 +488,9 @@ def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Pr
         report = (lambda done, total: progress("bench", done, total)) if progress else None
         results = bench_interleaved(
             backends, feeds, baseline=candidates[0].artifact.name,
-            min_seconds=seconds if seconds is not None else config.bench_seconds, progress=report,
-            **({"rounds": 3, "warmup": 1} if hurry else {}),
+            min_seconds=min(config.bench_seconds, seconds) if seconds is not None else config.bench_seconds,
+            progress=report,
+            **({"rounds": 3, "warmup": 1} if hurry else {}), max_seconds=seconds,
         )
     finally:
         for backend in backends.values():

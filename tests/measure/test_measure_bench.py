@@ -93,3 +93,8 @@ def test_peak_memory_of_a_broken_artifact_is_a_model_error(tmp_path, feeds):
     broken.write_bytes(b"not an onnx file")
     with pytest.raises(InvalidModelError, match="broken.onnx"):
         peak_memory_bytes(broken, feeds)
+
+
+def test_max_seconds_cuts_the_rounds_but_keeps_three(backends, feeds):
+    results = bench_interleaved(backends, feeds, rounds=1000, warmup=1, settle_seconds=0.0, max_seconds=0.0)
+    assert all(r.rounds == 3 for r in results.values())

@@ -81,10 +81,12 @@ def bench_interleaved(
     calls_per_round: int = 3,
     settle_seconds: float = 0.05,
     progress: Callable[[int, int], None] | None = None,
+    max_seconds: float | None = None,
 ) -> dict[str, BenchResult]:
     """Time every backend on the same `feeds`, interleaved; return a BenchResult per name.
 
-    Runs at least `rounds` rounds and keeps going until `min_seconds` have passed. In round r
+    Runs at least `rounds` rounds and keeps going until `min_seconds` have passed; with
+    `max_seconds` (a time limit), stops once they have passed and 3 rounds are done. In round r
     the order is rotated by r (no candidate always goes first, after another's cache traffic);
     each candidate makes `calls_per_round` timed `timed_infer` calls, the round's time being
     their median. `progress(rounds_done, rounds)` after each round.
@@ -103,6 +105,8 @@ def bench_interleaved(
     times: dict[str, list[list[float]]] = {name: [] for name in names}
     start, done = time.perf_counter(), 0
     while done < rounds or time.perf_counter() - start < min_seconds:
+        if max_seconds is not None and done >= 3 and time.perf_counter() - start >= max_seconds:
+            break  # a time limit: 3 rounds still give a median and a spread
         order = names[done % len(names) :] + names[: done % len(names)]
         for name in order:
             if settle_seconds > 0:
