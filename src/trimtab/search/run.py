@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -73,7 +74,10 @@ def run_search(inputs: SearchInputs, *, max_evals: int, deadline: float | None) 
     base_sha = inputs.base_sha
     ranking = _ranking(inputs, base_sha, deadline)
     costs = _costs(inputs, base_sha)
-    groups = order_groups(ranking.rows, costs)
+    # Groups the ranking's time budget left unranked stay reachable, after the helpful ones, in the
+    # ranking's prior order (gain unknown: 0).
+    unranked = [SimpleNamespace(group=group, gain=0.0) for group in ranking.unranked]
+    groups = order_groups([*ranking.rows, *unranked], costs)
     order = [group.group for group in groups]
     record = inputs.state.record("search-steps") or {}
     done = {}
