@@ -26,12 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _support import write_marked_block
+
+from trimtab.resume import damaged_files
 
 MARKER = "search_kill"
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,23 +80,9 @@ def run_and_kill(out: Path, point: str) -> str:
 
 
 def consistent(out: Path) -> tuple[int, list[str]]:
-    """(files checked, problems): every finished file must be whole."""
-    problems, checked = [], 0
-    for path in out.rglob("*"):
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        checked += 1
-        try:
-            if path.suffix == ".json":
-                json.loads(path.read_text(encoding="utf-8"))
-            elif path.suffix == ".onnx":
-                onnx.checker.check_model(onnx.load(path))
-            elif path.suffix == ".npz":
-                with np.load(path, allow_pickle=False) as data:
-                    [data[key] for key in data.files]
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the finding
-            problems.append(f"{path.relative_to(out)}: {type(exc).__name__}")
-    return checked, problems
+    """(finished files checked, damaged ones)."""
+    checked = sum(1 for path in out.rglob("*") if path.is_file() and not path.name.startswith("."))
+    return checked, damaged_files(out)
 
 
 def answer(out: Path, seconds: float) -> dict:

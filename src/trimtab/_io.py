@@ -13,13 +13,19 @@ from typing import Any
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to a temporary file in the same folder, fsync it, then rename over `path`."""
+    return _atomic_write(path, lambda handle: handle.write(data))
+
+
+def _atomic_write(path: str | os.PathLike, fill) -> Path:
+    """`fill(handle)` writes a temporary file in `path`'s folder; it is fsynced, then renamed over
+    `path`, so a reader (or a crash) never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -45,21 +51,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Copy `source` to `path` through a temporary file in `path`'s folder (fsync, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle, open(source, "rb") as src:
+    def fill(handle) -> None:
+        with open(source, "rb") as src:
             while chunk := src.read(1 << 24):
                 handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return _atomic_write(path, fill)
 
 
 @contextlib.contextmanager

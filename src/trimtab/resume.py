@@ -103,3 +103,27 @@ class RunState:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+
+
+def damaged_files(root: str | Path) -> list[str]:
+    """Finished files under a run folder that are not whole (JSON that does not parse, ONNX that
+    does not load and check, npz that does not open), as 'relative/path: ErrorType'. Hidden files
+    are skipped: they are temporaries of writes a kill interrupted, never read."""
+    import onnx
+
+    root = Path(root)
+    problems = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".onnx":
+                onnx.checker.check_model(onnx.load(path))
+            elif path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as data:
+                    [data[key] for key in data.files]
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the finding
+            problems.append(f"{path.relative_to(root)}: {type(exc).__name__}")
+    return problems
