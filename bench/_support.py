@@ -25,3 +25,13 @@ def write_marked_block(path: Path, name: str, lines: list[str], title: str = "")
     else:
         text = (f"{title}\n\n" if title else "") + block + "\n"
     atomic_write_text(path, text)
+
+
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "not installed"."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import platform
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import write_marked_block
+from _support import package_version, write_marked_block
 
 from trimtab.backends.ort_cpu import OrtCpuBackend
 from trimtab.build import Smoothing, build_int8
@@ -211,7 +210,7 @@ def environment() -> list[str]:
 
     flags = field("flags").split()
     cores = sum(1 for line in cpuinfo if line.startswith("processor"))
-    versions = ", ".join(f"{name} {_version(name)}" for name in ("onnxruntime", "onnx", "nncf", "numpy", "torch"))
+    versions = ", ".join(f"{name} {package_version(name)}" for name in ("onnxruntime", "onnx", "nncf", "numpy", "torch"))
     return [
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         (f"- CPU: {field('model name')} (family/model {field('cpu family')}/{field('model')}), {cores} logical "
@@ -221,13 +220,6 @@ def environment() -> list[str]:
         (f"- batch {BATCH} (the first 8 validation sentences, padded to the longest), intra-op threads "
          f"{THREADS}, ORT_ENABLE_ALL, WeightBiasQuantization off, interleaved timing"),
     ]
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def main() -> None:

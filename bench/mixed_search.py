@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import platform
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _support import write_marked_block
+from _support import package_version, write_marked_block
 
 import trimtab
 from trimtab.backends.ort_cpu import OrtCpuBackend
@@ -153,7 +152,7 @@ def report(results: list[dict], args) -> list[str]:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for result in results:
-        setup, summary = result["setup"], result["summary"]
+        setup = result["setup"]
         label = f"{setup.example}, {setup.budget:g} pt{'' if setup.smoothing else ', smoothing off'}"
         for name in result["rows"]:
             value, drop, ci = result["accuracy"][name]
@@ -195,17 +194,10 @@ def describe(result: dict) -> str:
 def environment() -> list[str]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    versions = ", ".join(f"{name} {_version(name)}" for name in ("onnxruntime", "onnx", "nncf", "numpy"))
+    versions = ", ".join(f"{name} {package_version(name)}" for name in ("onnxruntime", "onnx", "nncf", "numpy"))
     return [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- CPU: {cpu}, {len(__import__('os').sched_getaffinity(0))} logical cores",
             f"- python {platform.python_version()}, {versions}"]
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
 
 
 def main() -> None:

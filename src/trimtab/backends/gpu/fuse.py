@@ -102,13 +102,18 @@ def _prune(plan: Plan) -> None:
     plan.constants = {k: v for k, v in plan.constants.items() if k in used}
 
 
+def _conv_with_constant_weights(plan: Plan, step) -> bool:
+    """A Conv whose weight (and bias, if any) are constants: the only convs that fold or fuse."""
+    if step.op != "Conv" or _const(plan, step.inputs[1]) is None:
+        return False
+    return not (len(step.inputs) > 2 and step.inputs[2] and _const(plan, step.inputs[2]) is None)
+
+
 # 1. BatchNormalization into Conv -------------------------------------------------------------------
 def fold_batch_norm(plan: Plan) -> int:
     index, done = _Index(plan), 0
     for conv in list(plan.steps):
-        if conv.op != "Conv" or _const(plan, conv.inputs[1]) is None:
-            continue
-        if len(conv.inputs) > 2 and conv.inputs[2] and _const(plan, conv.inputs[2]) is None:
+        if not _conv_with_constant_weights(plan, conv):
             continue
         bn = index.sole_consumer(conv.outputs[0])
         if bn is None or bn.op != "BatchNormalization" or len(bn.outputs) > 1:
@@ -188,9 +193,7 @@ def _activation(plan: Plan, step: Step) -> tuple[str, list | None] | None:
 def fuse_conv(plan: Plan) -> int:
     index, done = _Index(plan), 0
     for conv in list(plan.steps):
-        if conv.op != "Conv" or _const(plan, conv.inputs[1]) is None:
-            continue
-        if len(conv.inputs) > 2 and conv.inputs[2] and _const(plan, conv.inputs[2]) is None:
+        if not _conv_with_constant_weights(plan, conv):
             continue
         inputs = (conv.inputs + ["", ""])[:3]
         attrs = dict(conv.attrs)
