@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import io
 import json
+import contextlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,13 +47,21 @@ def fuzz(test):
 
     @functools.wraps(batch)  # pytest sees the fixtures hypothesis leaves in the signature
     def run(*args, **kwargs):
-        deadline, rounds = time.monotonic() + FUZZ_SECONDS, 0
-        while time.monotonic() < deadline:
+        start, rounds = time.monotonic(), 0
+        while time.monotonic() < start + FUZZ_SECONDS:
             batch(*args, **kwargs)
             rounds += 1
-        print(f"{test.__name__}: {rounds} batches of up to 200 examples in {FUZZ_SECONDS:.0f} s")
+        print(f"{test.__name__}: {rounds} batches of up to 200 examples in {time.monotonic() - start:.0f} s")
 
     return run
+
+
+@contextlib.contextmanager
+def scratch(tmp_path_factory):
+    """A folder for one example, removed after it. (`tmp_path_factory.mktemp` keeps every folder and
+    lists them all to number the next: quadratic over a long run's hundreds of thousands.)"""
+    with tempfile.TemporaryDirectory(dir=tmp_path_factory.getbasetemp()) as folder:
+        yield Path(folder)
 
 
 def mutations(seed: bytes):
@@ -87,13 +97,14 @@ MODEL_BYTES = conv_bn_relu_model().SerializeToString()
 @given(data=mutations(MODEL_BYTES))
 @example(data=MODEL_BYTES[:57] + b"\xff\xff\xff\xff\x0f" + MODEL_BYTES[62:])
 def test_fuzz_onnx_loader(tmp_path_factory, data):
-    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
-    path.write_bytes(data)
-    try:
-        model = load_model(path)
-    except TrimtabError:
-        return
-    assert len(model.sha256) == 64
+    with scratch(tmp_path_factory) as folder:
+        path = folder / "m.onnx"
+        path.write_bytes(data)
+        try:
+            model = load_model(path)
+        except TrimtabError:
+            return
+        assert len(model.sha256) == 64
 
 
 def _image_bytes(fmt: str, mode: str) -> bytes:
@@ -111,7 +122,11 @@ IMAGES = {"png": _image_bytes("PNG", "RGB"), "jpg": _image_bytes("JPEG", "RGB"),
 @given(suffix=st.sampled_from(sorted(IMAGES)), data=st.data())
 def test_fuzz_image_loader(tmp_path_factory, suffix, data):
     content = data.draw(mutations(IMAGES[suffix]))
-    folder = tmp_path_factory.mktemp("img")
+    with scratch(tmp_path_factory) as folder:
+        _check_image_folder(folder, suffix, content)
+
+
+def _check_image_folder(folder: Path, suffix: str, content: bytes) -> None:
     (folder / f"x.{suffix}").write_bytes(content)
     try:
         image = load_image(folder / f"x.{suffix}")
@@ -131,13 +146,14 @@ def test_fuzz_image_loader(tmp_path_factory, suffix, data):
 @example(content=b"\xff\xfe" + b"a\x00")
 @example(content=b"\xff\xfea")  # a UTF-16 BOM on an odd number of bytes
 def test_fuzz_text_loader(tmp_path_factory, content):
-    path = tmp_path_factory.mktemp("txt") / "t.txt"
-    path.write_bytes(content)
-    try:
-        items = [item.raw for item in Dataset(path, lambda raw: {"x": np.zeros(1)})._source]
-    except TrimtabError:
-        return
-    assert items and all(isinstance(item, str) for item in items)
+    with scratch(tmp_path_factory) as folder:
+        path = folder / "t.txt"
+        path.write_bytes(content)
+        try:
+            items = [item.raw for item in Dataset(path, lambda raw: {"x": np.zeros(1)})._source]
+        except TrimtabError:
+            return
+        assert items and all(isinstance(item, str) for item in items)
 
 
 def _npz_bytes() -> bytes:
@@ -152,13 +168,14 @@ NPZ_BYTES = _npz_bytes()
 @fuzz
 @given(data=mutations(NPZ_BYTES))
 def test_fuzz_npz_loader(tmp_path_factory, data):
-    path = tmp_path_factory.mktemp("npz") / "d.npz"
-    path.write_bytes(data)
-    try:
-        samples = list(Dataset(path))
-    except TrimtabError:
-        return
-    assert samples
+    with scratch(tmp_path_factory) as folder:
+        path = folder / "d.npz"
+        path.write_bytes(data)
+        try:
+            samples = list(Dataset(path))
+        except TrimtabError:
+            return
+        assert samples
 
 
 _MODEL = make_model(conv_relu_matmul())
@@ -193,7 +210,11 @@ def _check_cache_reader(root: Path) -> None:
 @fuzz
 @given(data=st.data())
 def test_fuzz_cache_reader_bytes(tmp_path_factory, data):
-    root = tmp_path_factory.mktemp("cache")
+    with scratch(tmp_path_factory) as root:
+        _fuzz_cache_bytes(root, data)
+
+
+def _fuzz_cache_bytes(root: Path, data) -> None:
     entry = _fresh_cache(root)
     target = data.draw(st.sampled_from([HISTOGRAMS_FILE, "ranges-minmax.json"]))
     (entry / target).write_bytes(data.draw(mutations((entry / target).read_bytes())))
@@ -211,7 +232,11 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 @given(data=st.data())
 def test_fuzz_cache_reader_arrays(tmp_path_factory, data):
     """Histogram files that unzip and carry the right keys, with hostile values."""
-    root = tmp_path_factory.mktemp("cache")
+    with scratch(tmp_path_factory) as root:
+        _fuzz_cache_arrays(root, data)
+
+
+def _fuzz_cache_arrays(root: Path, data) -> None:
     entry = _fresh_cache(root)
     with np.load(entry / HISTOGRAMS_FILE, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
