@@ -1,0 +1,146 @@
+"""The gpu engine's 8-bit GEMM layers against fp16 on BERT-base's linear layers, one GPU run.
+
+Shapes: 16,384 tokens (batch 128 x sequence 128) through BERT-base's four linear layers (QKV
+768->2304, attention output 768->768, FFN up 768->3072 with GELU, FFN down 3072->768). Per shape:
+fp16 `F.linear` (+ GELU) as the engine's fp16 path runs it, trimtab's Triton int8 and fp8 kernels
+(scale + bias + activation fused; fp16 out, and int8/fp8 out re-quantized for the next layer),
+cuBLASLt fp8 `torch._scaled_mm` and int8 `torch._int_mm` for reference, and the one-pass
+activation quantizer. Correctness: each Triton result against the float64 reference of the same
+quantized operands. Timing: CUDA events, interleaved, median of rounds.
+
+Run: PYTHONPATH=src python bench/lowbit_gemm.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trimtab.backends.gpu import lowbit
+
+SHAPES = [("qkv", 768, 2304, None), ("attn_out", 768, 768, None), ("ffn_up", 768, 3072, "gelu"), ("ffn_down", 3072, 768, None)]
+
+
+def time_ms(fn, iters: int = 20) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def interleaved(variants: dict, rounds: int = 9) -> dict[str, float]:
+    for fn in variants.values():
+        for _ in range(3):
+            fn()
+    torch.cuda.synchronize()
+    samples = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            samples[name].append(time_ms(fn))
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+def sqnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    noise = (out - ref).pow(2).mean()
+    return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).mean() / noise))
+
+
+def bench_shape(name: str, k: int, n: int, act, m: int, rows: list) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.float16) / k ** 0.5
+    bias = torch.randn(n, device="cuda", dtype=torch.float16) * 0.1
+    x_scale = float(x.abs().max()) / 127
+    w_scale = w.float().abs().amax(dim=1) / 127
+    x8 = lowbit.quantize(x, x_scale, torch.int8)
+    w8 = lowbit.quantize_reference(w.float() / w_scale[:, None], 1.0, torch.int8).contiguous()
+    col8 = (x_scale * w_scale).float().contiguous()
+    fx_scale = float(x.abs().max()) / lowbit.FP8_MAX
+    fw_scale = w.float().abs().amax(dim=1) / lowbit.FP8_MAX
+    xf = lowbit.quantize(x, fx_scale, lowbit.FP8)
+    wf = (w.float() / fw_scale[:, None]).to(lowbit.FP8).contiguous()
+    colf = (fx_scale * fw_scale).float().contiguous()
+    bias32 = bias.float()
+    out_scale = 0.05
+
+    checks = {
+        "int8 fp16-out": sqnr_db(lowbit.qgemm(x8, w8, col8, bias32, act, torch.float16),
+                                  lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.float32)),
+        "fp8 fp16-out": sqnr_db(lowbit.qgemm(xf, wf, colf, bias32, act, torch.float16),
+                                 lowbit.qgemm_reference(xf, wf, colf, bias32, act, torch.float32)),
+        "int8 requant": float((lowbit.qgemm(x8, w8, col8, bias32, act, torch.int8, out_scale).int()
+                               - lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.int8, out_scale).int()).abs().max()),
+        "quantize int8": float((x8.int() - lowbit.quantize_reference(x, x_scale, torch.int8).int()).abs().max()),
+    }
+
+    def fp16():
+        y = F.linear(x, w, bias)
+        return F.gelu(y) if act else y
+
+    variants = {
+        "fp16 F.linear": fp16,
+        "int8 triton": lambda: lowbit.qgemm(x8, w8, col8, bias32, act, torch.float16),
+        "int8 triton requant": lambda: lowbit.qgemm(x8, w8, col8, bias32, act, torch.int8, out_scale),
+        "fp8 triton": lambda: lowbit.qgemm(xf, wf, colf, bias32, act, torch.float16),
+        "fp8 triton requant": lambda: lowbit.qgemm(xf, wf, colf, bias32, act, lowbit.FP8, out_scale),
+        "quantize int8": lambda: lowbit.quantize(x, x_scale, torch.int8),
+    }
+    one = torch.ones((), device="cuda")
+    try:
+        torch._scaled_mm(xf, wf.t(), scale_a=one, scale_b=one, bias=bias, out_dtype=torch.float16)
+        variants["fp8 _scaled_mm"] = lambda: torch._scaled_mm(xf, wf.t(), scale_a=one, scale_b=one, bias=bias,
+                                                              out_dtype=torch.float16)
+    except Exception as exc:  # noqa: BLE001
+        rows.append((name, "fp8 _scaled_mm", "failed", repr(exc)[:120]))
+    try:
+        torch._int_mm(x8, w8.t())
+        variants["int8 _int_mm (int32 out)"] = lambda: torch._int_mm(x8, w8.t())
+    except Exception as exc:  # noqa: BLE001
+        rows.append((name, "int8 _int_mm", "failed", repr(exc)[:120]))
+    times = interleaved(variants)
+    flops = 2 * m * n * k
+    for variant, ms in times.items():
+        rate = "" if variant.startswith("quantize") else round(flops / ms / 1e9, 1)
+        rows.append((name, variant, round(ms * 1000, 1), rate, round(times["fp16 F.linear"] / ms, 2)))
+    rows.append((name, "checks", json.dumps({k: round(v, 2) for k, v in checks.items()})))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--tokens", type=int, default=16384)
+    args = parser.parse_args()
+    import triton
+
+    env = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "triton": triton.__version__}
+    print(json.dumps(env), flush=True)
+    rows: list = []
+    for name, k, n, act in SHAPES:
+        t0 = time.perf_counter()
+        bench_shape(name, k, n, act, args.tokens, rows)
+        print(f"# {name} {time.perf_counter() - t0:.0f} s", flush=True)
+    _, kernel, _ = lowbit._triton_kernels()
+    best = {str(key): str(cfg) for key, cfg in kernel.cache.items()}
+    lines = ["| layer | variant | us | TFLOP/s | x fp16 |", "| --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    table = "\n".join(lines)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "lowbit_gemm.json").write_text(json.dumps({"environment": env, "rows": rows, "best_configs": best}, indent=1))
+    print(json.dumps(best, indent=0)[:3000])
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
