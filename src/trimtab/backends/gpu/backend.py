@@ -108,10 +108,14 @@ class GpuBackend(Backend):
         lowered = time.perf_counter()
         engine = Engine(plan, self.device, self.options)
         engine.warm_up()
+        precisions = engine.layer_precisions()
+        if precisions:
+            engine.notes["layer_precisions"] = precisions
         if self.options.cuda_graph:
             engine.capture()
+            engine.keep_faster_runner()
         info = BuildInfo({k: list(v) for k, v in shapes.items()}, time.perf_counter() - start, lowered - start,
-                         from_cache, dict(plan.notes))
+                         from_cache, {**plan.notes, **engine.notes})
         self.builds.append(info)
         log.info("gpu engine for %s built in %.2f s (%s)", shapes, info.seconds, "cache" if from_cache else "cold")
         return engine, info

@@ -46,6 +46,8 @@ class Engine:
         self._constants = {name: self._place(name, value, channels_last) for name, value in plan.constants.items()}
         slots: dict[str, int] = {name: i for i, name in enumerate(plan.inputs)}
         self._program = []
+        self._cast_inputs = self._inputs_only_cast() if channels_last else set()
+        self.notes: dict = {}
         for position, step in enumerate(plan.steps):
             make = KERNELS.get(step.op)
             if make is None:
@@ -55,6 +57,8 @@ class Engine:
                             [tuple(plan.shapes[n]) if n else None for n in step.inputs], plan.opset,
                             [bool(n) for n in step.inputs], self.device.type)
             kernel = make(spec)
+            if step.op == "Cast" and step.inputs[0] in self._cast_inputs:
+                kernel = _cast_to_channels_last(plan.dtype(step.outputs[0]))
             for name in step.outputs:
                 if name:
                     slots.setdefault(name, len(slots))
@@ -66,6 +70,17 @@ class Engine:
         self._graph = None
         self._static_inputs: dict[str, torch.Tensor] = {}
         self._static_outputs: dict[str, torch.Tensor] = {}
+
+    def _inputs_only_cast(self) -> set[str]:
+        """4-D float graph inputs read only by Casts (an fp16 artifact's input): the Cast writes the
+        channels_last copy itself, one pass instead of a layout copy in fp32 and then a Cast."""
+        readers: dict[str, list] = {}
+        for step in self.plan.steps:
+            for name in step.inputs:
+                readers.setdefault(name, []).append(step)
+        return {name for name in self.plan.inputs
+                if len(self.plan.shapes[name]) == 4 and self.plan.dtypes[name].startswith("float")
+                and readers.get(name) and all(step.op == "Cast" for step in readers[name])}
 
     def _place(self, name: str, value: torch.Tensor, channels_last: bool) -> torch.Tensor:
         value = value.to(self.device)
@@ -109,7 +124,7 @@ class Engine:
         channels_last = self.cuda and self.options.channels_last
         for name in self.plan.inputs:
             value = inputs[name]
-            if channels_last and value.dim() == 4 and value.is_floating_point():
+            if channels_last and value.dim() == 4 and value.is_floating_point() and name not in self._cast_inputs:
                 value = value.contiguous(memory_format=torch.channels_last)
             env[self._slots[name]] = value
         for (kernel, template, outs, _), frees in zip(self._program, self._frees):
@@ -137,6 +152,13 @@ class Engine:
                 return self._static_outputs
             with self.flags():
                 return self._execute(inputs)
+
+    def layer_precisions(self) -> dict[str, dict]:
+        """Per layer that chooses its kernel (int8 linear layers): the precision it runs in and the
+        times measured for each choice (ms; empty off CUDA). Known after `warm_up`."""
+        return {step.name: {"ran": kernel.tactic["chosen"], "ms": dict(kernel.tactic["ms"])}
+                for kernel, _, _, step in self._program
+                if getattr(kernel, "tactic", None) and kernel.tactic.get("chosen")}
 
     def placeholder_inputs(self) -> dict[str, torch.Tensor]:
         return {name: torch.zeros(self.plan.shapes[name], dtype=self.plan.dtype(name), device=self.device)
@@ -167,3 +189,38 @@ class Engine:
                 self._static_outputs = self._execute(self._static_inputs)
         torch.cuda.synchronize(self.device)
         self._graph = graph
+
+    def keep_faster_runner(self, runs: int = 5) -> dict:
+        """Keep the CUDA graph only where it is faster than launching the steps one by one: at large
+        batches, copying the inputs into the graph's static buffers can cost more than the launches
+        the graph saves. Both are timed here (best of `runs`); the choice goes into `notes`."""
+        if self._graph is None:
+            return {}
+        inputs = self.placeholder_inputs()
+        graph_ms = self._best_ms(lambda: self.run(inputs), runs)
+        graph, self._graph = self._graph, None
+        stream_ms = self._best_ms(lambda: self.run(inputs), runs)
+        if graph_ms <= stream_ms:
+            self._graph = graph
+        self.notes["runner"] = {"chosen": "cuda_graph" if self._graph is not None else "stream",
+                                "cuda_graph_ms": round(graph_ms, 4), "stream_ms": round(stream_ms, 4)}
+        return self.notes["runner"]
+
+    def _best_ms(self, fn, runs: int) -> float:
+        fn()
+        times = []
+        for _ in range(runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return min(times)
+
+
+def _cast_to_channels_last(dtype: torch.dtype):
+    def run(x):
+        return x.to(dtype=dtype, memory_format=torch.channels_last)
+
+    return run

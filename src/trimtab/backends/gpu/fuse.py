@@ -44,17 +44,23 @@ class _Index:
         return readers[0]
 
 
-def fuse(plan: Plan) -> None:
+def fuse(plan: Plan, quantized: dict | None = None) -> None:
+    """`quantized`: folded weight name -> `lower.QuantizedWeight` (its int8 source), which lets
+    linear layers fed by a FakeQuant become int8 GEMMs (`fuse_int8.py`)."""
     counts: Counter = Counter()
     counts["batch_norm_folded"] = fold_batch_norm(plan)
     counts["fake_quant"] = fuse_qdq(plan)
     counts["conv"] = fuse_conv(plan)
-    counts["linear"], counts["gelu"] = fuse_linear(plan)
+    counts["linear"], counts["gelu"] = fuse_linear(plan, quantized or {})
+    from trimtab.backends.gpu.fuse_int8 import fuse_int8_linear, fuse_requant
     from trimtab.backends.gpu.fuse_transformer import fuse_attention, fuse_layer_norm, fuse_qkv
 
     counts["qkv"] = fuse_qkv(plan)
     counts["attention"] = fuse_attention(plan)
     counts["layer_norm"] = fuse_layer_norm(plan)
+    counts["int8_linear"] = fuse_int8_linear(plan)
+    _prune(plan)
+    counts["int8_output"] = fuse_requant(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)
 
@@ -218,8 +224,9 @@ def fuse_conv(plan: Plan) -> int:
 
 
 # 4. Linear layers --------------------------------------------------------------------------------
-def fuse_linear(plan: Plan) -> tuple[int, int]:
-    """Returns (linear layers made, erf GELUs folded into them)."""
+def fuse_linear(plan: Plan, quantized: dict) -> tuple[int, int]:
+    """Returns (linear layers made, erf GELUs folded into them). A weight folded from int8
+    (`quantized`) also goes into the step's attrs as `w_q` [N, K] int8 and `w_scale` [N]."""
     index, done, gelus = _Index(plan), 0, 0
     for step in list(plan.steps):
         weight = _linear_weight(plan, step)
@@ -228,7 +235,8 @@ def fuse_linear(plan: Plan) -> tuple[int, int]:
         bias_name = ""
         if step.op == "Gemm" and len(step.inputs) > 2 and step.inputs[2]:
             bias_name = step.inputs[2]
-        step.op, step.attrs = "trimtab.Linear", {}
+        int8_weight = _int8_weight(step, quantized.get(step.inputs[1]), weight.shape)
+        step.op, step.attrs = "trimtab.Linear", dict(int8_weight or {})
         step.inputs = [step.inputs[0], _new_const(plan, step.inputs[1], weight), bias_name]
         nxt = index.sole_consumer(step.outputs[0])
         if not bias_name and nxt is not None and nxt.op == "Add":
@@ -252,6 +260,22 @@ def fuse_linear(plan: Plan) -> tuple[int, int]:
                 gelus += 1
         index, done = _Index(plan), done + 1
     return done, gelus
+
+
+def _int8_weight(step: Step, source, shape) -> dict | None:
+    """{"w_q": [N, K] int8, "w_scale": [N] fp32} from the weight's int8 source, when its scales run
+    along the output channels (or are one value)."""
+    if source is None:
+        return None
+    n_major = step.op == "Gemm" and step.attrs.get("transB", 0)  # weight stored [N, K]
+    out_axis = 0 if n_major else 1
+    if source.axis not in (None, out_axis):
+        return None
+    q = source.q if n_major else source.q.t()
+    if tuple(q.shape) != tuple(shape):
+        return None
+    scale = source.scale.expand(shape[0]) if source.axis is None else source.scale
+    return {"w_q": q.contiguous(), "w_scale": scale.float().contiguous()}
 
 
 def _linear_weight(plan: Plan, step: Step) -> torch.Tensor | None:

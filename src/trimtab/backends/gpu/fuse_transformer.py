@@ -45,7 +45,10 @@ def fuse_qkv(plan: Plan) -> int:
         first.inputs = [x, _new_const(plan, f"{first.name}_qkv_w", torch.cat(weights)), ""]
         if biases is not None:
             first.inputs[2] = _new_const(plan, f"{first.name}_qkv_b", torch.cat(biases))
-        first.attrs = {"split": sizes}
+        int8 = {}
+        if all("w_q" in s.attrs for s in group):  # int8 weights travel with the float ones
+            int8 = {key: torch.cat([s.attrs[key] for s in group]) for key in ("w_q", "w_scale")}
+        first.attrs = {"split": sizes, **int8}
         outputs = [s.outputs[0] for s in group]
         for step in group:
             if step is not first:

@@ -14,6 +14,7 @@ during the build, never during inference.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -55,12 +56,14 @@ def lower(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], device: to
     meta: dict[str, tuple[list[int], str]] = {}
     steps: list[Step] = []
     folded = 0
+    quantized: dict[str, QuantizedWeight] = {}
     with torch.inference_mode():
         for position, node in enumerate(proto.graph.node):
             outputs = _run_node(node, values, is_const, opset, device)
             if all(not name or name in is_const for name in node.input) or node.op_type in _SHAPE_ONLY:
                 is_const.update(name for name in outputs)
                 folded += 1
+                _track_quantized(node, values, quantized)
             else:
                 steps.append(Step(node.op_type, node.name or f"{node.op_type}_{len(steps)}", list(node.input),
                                   [o for o in node.output], _attrs(node)))
@@ -80,9 +83,31 @@ def lower(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], device: to
         opset=opset, notes={"onnx_nodes": len(proto.graph.node), "folded_nodes": folded},
     )
     if fusion:
-        fuse(plan)
+        fuse(plan, quantized)
     plan.notes["steps"] = len(plan.steps)
     return plan
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """Where a folded float weight came from: DequantizeLinear(q, scale) with zero point 0, q int8
+    (then perhaps Cast to fp16). The fusions use it to give linear layers their int8 weights."""
+
+    q: torch.Tensor
+    scale: torch.Tensor  # one value, or one per index of `axis`
+    axis: int | None
+
+
+def _track_quantized(node: onnx.NodeProto, values: dict, quantized: dict) -> None:
+    if node.op_type == "DequantizeLinear":
+        q, scale = values[node.input[0]], values[node.input[1]]
+        zero = values[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+        if q.dtype != torch.int8 or (zero is not None and bool(zero.ne(0).any())) or not scale.is_floating_point():
+            return
+        axis = None if scale.numel() == 1 else int(next((a.i for a in node.attribute if a.name == "axis"), 1)) % q.dim()
+        quantized[node.output[0]] = QuantizedWeight(q, scale.float().reshape(-1), axis)
+    elif node.op_type in ("Cast", "Identity") and node.input[0] in quantized:
+        quantized[node.output[0]] = quantized[node.input[0]]
 
 
 def _run_node(node: onnx.NodeProto, values: dict, is_const: set, opset: int, device) -> list[str]:

@@ -1,0 +1,134 @@
+"""Triton kernels of `lowbit` (imported only on CUDA machines: Triton comes with CUDA PyTorch).
+
+`qgemm_kernel`: one program per output tile, pointer loads (any row stride). `qgemm_tma_kernel`:
+persistent (one program per SM walking the tiles), TMA descriptor loads, software-pipelined
+across tiles. Both share `epilogue`. `quantize_kernel`: one pass float -> int8 / fp8.
+"""
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401  (used by lowbit)
+
+
+@triton.jit
+def epilogue(acc, cols, N, scale_ptr, bias_ptr, inv_out, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+             OUT_Q: tl.constexpr, out_ty: tl.constexpr):
+    y = acc.to(tl.float32) * tl.load(scale_ptr + cols, mask=cols < N, other=0.0)[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    if ACT == 1:
+        y = tl.maximum(y, 0.0)
+    if ACT == 2:
+        y = 0.5 * y * (1.0 + libdevice.erf(y * 0.7071067811865476))
+    if OUT_Q == 1:
+        return tl.minimum(tl.maximum(libdevice.rint(y * inv_out), -128.0), 127.0).to(tl.int8)
+    elif OUT_Q == 2:
+        return tl.minimum(tl.maximum(y * inv_out, -448.0), 448.0).to(tl.float8e4nv)
+    else:
+        return y.to(out_ty)
+
+@triton.jit
+def tile_of(tile_id, num_m, num_n, GROUP_M: tl.constexpr):
+    # grouped tile order: neighbouring programs share A rows in L2
+    width = GROUP_M * num_n
+    first_m = (tile_id // width) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    return first_m + (tile_id % width) % size_m, (tile_id % width) // size_m
+
+configs = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
+    for bm, bn, bk, s, w in [
+        (128, 256, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 128, 3, 4), (256, 128, 128, 3, 8),
+        (128, 256, 64, 4, 8), (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 256, 128, 4, 8),
+    ]
+]
+
+@triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q"])
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, inv_out,
+                 IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                 EVEN_K: tl.constexpr):
+    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    # wrapped indices keep the loads unmasked along M and N (the store is masked)
+    a_ptrs = a_ptr + (rows % M)[:, None] * stride_am + ks[None, :]
+    b_ptrs = b_ptr + (cols % N)[None, :] * stride_bn + ks[:, None]  # [BLOCK_K, BLOCK_N], K-major
+    if IS_INT8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            a = tl.load(a_ptrs, mask=ks[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=ks[:, None] < k_left, other=0.0)
+        if IS_INT8:
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, inv_out, HAS_BIAS, ACT, OUT_Q, c_ptr.dtype.element_ty)
+    c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
+    tl.store(c_ptrs, out, mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+def set_blocks(nargs):
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["a_desc"].block_shape = [bm, bk]
+    nargs["b_desc"].block_shape = [bn, bk]
+    nargs["c_desc"].block_shape = [bm, bn]
+
+tma_configs = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w,
+                  pre_hook=set_blocks)
+    for bm, bn, bk, s, w in [
+        (128, 256, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 128, 4, 4), (128, 128, 128, 5, 4),
+        (128, 256, 64, 4, 8), (64, 256, 128, 4, 4), (128, 64, 128, 5, 4), (256, 128, 128, 3, 8),
+    ]
+]
+
+@triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q"])
+@triton.jit
+def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, inv_out,
+                     IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
+                     NUM_SMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    # persistent: one program per SM walks the tiles; TMA loads, pipelined across tiles
+    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    for tile_id in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True):
+        pid_m, pid_n = tile_of(tile_id, num_m, num_n, GROUP_M)
+        off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
+        if IS_INT8:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = a_desc.load([off_m, ki * BLOCK_K])
+            b = b_desc.load([off_n, ki * BLOCK_K])
+            if IS_INT8:
+                acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(a, b.T, acc)
+        cols = off_n + tl.arange(0, BLOCK_N)
+        out = epilogue(acc, cols, N, scale_ptr, bias_ptr, inv_out, HAS_BIAS, ACT, OUT_Q, c_desc.dtype)
+        c_desc.store([off_m, off_n], out)
+
+@triton.jit
+def quantize_kernel(x_ptr, y_ptr, n, inv_scale, IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32) * inv_scale
+    if IS_INT8:
+        q = tl.minimum(tl.maximum(libdevice.rint(x), -128.0), 127.0).to(tl.int8)
+    else:
+        q = tl.minimum(tl.maximum(x, -448.0), 448.0).to(tl.float8e4nv)
+    tl.store(y_ptr + offs, q, mask=offs < n)
+

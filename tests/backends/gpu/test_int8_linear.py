@@ -1,0 +1,121 @@
+"""Real int8 linear layers: an int8 Q/DQ artifact's linear layers become `trimtab.QLinear` (int8
+operands, int32 sums, scale/bias/activation in the epilogue), on the CPU here through the float64
+reference of `lowbit` (the CUDA kernels are checked against that same reference in
+`test_lowbit_cuda` when a GPU is present)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.backends.gpu._support import CUDA, needs_cuda, reference
+from tests.build._support import as_model, encoder_block, encoder_feeds, minmax_ranges
+from trimtab.backends.gpu import GpuBackend
+from trimtab.measure.metrics import sqnr_db
+
+torch = pytest.importorskip("torch")
+
+
+def _int8_encoder(**options):
+    from trimtab.build import build_int8
+
+    block = as_model(encoder_block())
+    feeds = encoder_feeds(np.random.default_rng(0), batch=8)
+    return build_int8(block, minmax_ranges(block.proto, feeds), "tensorrt", **options), feeds
+
+
+def _run(proto, feeds, device="cpu"):
+    with GpuBackend(proto, device=device, cache=False) as backend:
+        got = backend.infer(feeds)["y"]
+        engine = backend.engine({k: v.shape for k, v in feeds.items()})
+        return got, engine.plan, backend.builds[-1].notes
+
+
+def test_linear_layers_of_an_int8_artifact_run_as_int8_gemms_and_match_the_qdq_reference():
+    artifact, feeds = _int8_encoder()
+    got, plan, notes = _run(artifact.proto, feeds)
+    qlinears = [s for s in plan.steps if s.op == "trimtab.QLinear"]
+    matmuls = sum(n.op_type == "MatMul" and n.input[1] not in ("",) for n in artifact.proto.graph.node)
+    assert qlinears and plan.notes["fusions"]["int8_linear"] == len(qlinears) <= matmuls
+    assert all(s.attrs["w_q"].dtype == torch.int8 for s in qlinears)
+    assert not any(s.op == "trimtab.FakeQuant" for s in plan.steps if s.outputs[0] in {q.inputs[0] for q in qlinears})
+    assert set(v["ran"] for v in notes["layer_precisions"].values()) == {"int8"}
+    want = reference(artifact.proto, feeds)["y"]
+    assert sqnr_db(got, want) >= 30.0
+
+
+def test_an_ffn_up_projection_writes_int8_for_the_down_projection():
+    artifact, feeds = _int8_encoder()
+    _, plan, _ = _run(artifact.proto, feeds)
+    writers = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.attrs.get("out_scale") is not None]
+    assert writers and plan.notes["fusions"]["int8_output"] == len(writers)
+    for step in writers:
+        assert plan.dtypes[step.outputs[0]] == "int8"
+        readers = [s for s in plan.steps if step.outputs[0] in s.inputs]
+        assert readers and all(r.op == "trimtab.QLinear" and r.attrs["x_int8"] for r in readers)
+
+
+def test_int8_weights_survive_the_engine_cache(tmp_path):
+    artifact, feeds = _int8_encoder()
+    shapes = {k: v.shape for k, v in feeds.items()}
+    with GpuBackend(artifact.proto, device="cpu", cache_dir=tmp_path) as cold:
+        cold.build(shapes)
+        first = cold.infer(feeds)["y"]
+    with GpuBackend(artifact.proto, device="cpu", cache_dir=tmp_path) as warm:
+        assert warm.build(shapes).from_cache
+        plan = warm.engine(shapes).plan
+        assert any(s.op == "trimtab.QLinear" and s.attrs["w_q"].dtype == torch.int8 for s in plan.steps)
+        np.testing.assert_array_equal(warm.infer(feeds)["y"], first)
+
+
+def test_the_qlinear_float_path_matches_its_int8_path():
+    """The tactic the engine may pick instead (fake-quant + float GEMM) computes the same layer."""
+    from trimtab.backends.gpu import lowbit
+    from trimtab.backends.gpu.fused import _qlinear
+    from trimtab.backends.gpu.ops import NodeSpec
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.standard_normal((6, 16)).astype(np.float32))
+    w = torch.from_numpy(rng.standard_normal((8, 16)).astype(np.float32))
+    w_scale = w.abs().amax(1) / 127
+    w_q = torch.round(w / w_scale[:, None]).to(torch.int8)
+    attrs = {"x_scale": 0.03, "w_q": w_q, "col_scale": 0.03 * w_scale, "act": "gelu", "out_dtype": "float32"}
+    spec = NodeSpec("trimtab.QLinear", "l", attrs, [None, None, None], [(6, 16), (8, 16), (8,)], 17, [True, True, True])
+    run = _qlinear(spec)
+    bias = torch.linspace(-1, 1, 8)
+    int8 = run(x, w_q.float() * w_scale[:, None], bias)
+    assert run.tactic["chosen"] == "int8"
+    float_path = lowbit.qgemm_reference(lowbit.quantize_reference(x, 0.03, torch.int8), w_q, 0.03 * w_scale, bias,
+                                        "gelu", torch.float32)
+    torch.testing.assert_close(int8, float_path)
+    fake = torch.nn.functional.gelu(torch.nn.functional.linear(torch.clamp(torch.round(x / 0.03), -128, 127) * 0.03,
+                                                               w_q.float() * w_scale[:, None], bias))
+    torch.testing.assert_close(int8, fake, rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+def test_lowbit_cuda_kernels_match_the_reference():
+    from trimtab.backends.gpu import lowbit
+
+    torch.manual_seed(0)
+    for m, n, k, act in [(300, 72, 96, "gelu"), (1024, 768, 768, None), (64, 48, 3072, "relu")]:
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        w_q = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+        col = torch.rand(n, device="cuda") * 1e-3
+        bias = torch.randn(n, device="cuda")
+        x_q = lowbit.quantize(x, 0.02, torch.int8)
+        assert torch.equal(x_q, lowbit.quantize_reference(x, 0.02, torch.int8))
+        for tma in (False, True):
+            got = lowbit.qgemm(x_q, w_q, col, bias, act, torch.float32, tma=tma)
+            want = lowbit.qgemm_reference(x_q, w_q, col, bias, act, torch.float32)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            got8 = lowbit.qgemm(x_q, w_q, col, bias, act, torch.int8, 0.05, tma=tma).int()
+            want8 = lowbit.qgemm_reference(x_q, w_q, col, bias, act, torch.int8, 0.05).int()
+            assert (got8 - want8).abs().max() <= 1  # a tie may round the other way after fp32 sums
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU default")
+def test_off_cuda_every_qlinear_runs_int8_without_timing():
+    artifact, feeds = _int8_encoder()
+    _, _, notes = _run(artifact.proto, feeds)
+    assert all(v["ms"] == {} for v in notes["layer_precisions"].values())
