@@ -72,12 +72,13 @@ def trimtab_engine(onnx_path: Path, cache_dir: Path, shapes: dict, precision: st
 
     start = time.perf_counter()
     model = load_model(onnx_path)
-    if precision == "int8":
+    if precision.startswith("int8"):
         from trimtab.calibrate import calibrate
 
         calibration = calibrate(model, calib, "minmax", batch_size=8)
         proto = build_int8(model, calibration.ranges, "tensorrt", method_name="minmax",
-                           skip_tensors=set(calibration.float_tensors)).proto
+                           skip_tensors=set(calibration.float_tensors),
+                           unquantized="fp16" if precision == "int8-fp16" else "fp32").proto
     else:
         proto = build_fp16(model).proto if precision == "fp16" else model.proto
     artifact_s = time.perf_counter() - start
@@ -187,18 +188,56 @@ def bench_bert(work: Path, rows: list, large: int = 128, seq: int = 128) -> None
             checks["trimtab fp16"] = token_cosine(out[engine.plan.outputs[0]], ref32, mask)
             checks["eager fp16"] = token_cosine(half(input_ids=ids, attention_mask=mask).last_hidden_state, ref, mask)
             variants["trimtab fp16"] = lambda: engine.run(feeds)
+            int8 = {}
             if batch == large:
-                b8, e8, cold8, cached8, notes8, art8 = trimtab_engine(path, work / "cache", shapes, "int8", calib)
-                out8 = e8.run(feeds)
-                checks["trimtab int8 (tensorrt Q/DQ)"] = token_cosine(out8[e8.plan.outputs[0]], ref32, mask)
-                variants["trimtab int8 (tensorrt Q/DQ)"] = lambda: e8.run(feeds)
+                for label, flavour in (("trimtab int8 (Q/DQ, fp32 elsewhere)", "int8"),
+                                       ("trimtab int8 (Q/DQ, fp16 elsewhere)", "int8-fp16")):
+                    int8[label] = trimtab_engine(path, work / "cache", shapes, flavour, calib)
+                    e8 = int8[label][1]
+                    checks[label] = token_cosine(e8.run(feeds)[e8.plan.outputs[0]], ref32, mask)
+                    variants[label] = (lambda e: lambda: e.run(feeds))(e8)
             times = interleaved(variants)
         _record(rows, "bert", batch, times, checks, cold, cached, notes, artifact_s)
-        if batch == large:
-            rows.append(("bert", batch, "trimtab int8 build s (artifact incl. calibration / cold / cached)",
+        for label, (b8, e8, cold8, cached8, notes8, art8) in int8.items():
+            ran = [v["ran"] for v in notes8.get("layer_precisions", {}).values()]
+            rows.append(("bert", batch, f"{label} build s (artifact incl. calibration / cold / cached)",
                          f"{art8:.1f} / {cold8:.1f} / {cached8:.2f}", json.dumps(notes8.get("fusions")), notes8.get("steps")))
+            rows.append(("bert", batch, f"{label} layers ran", json.dumps({p: ran.count(p) for p in sorted(set(ran))}),
+                         json.dumps(notes8.get("runner")), None))
+            rows.append(("bert", batch, f"{label} layer tactic ms", json.dumps(
+                {name: v["ms"] for name, v in list(notes8.get("layer_precisions", {}).items())[:8]})[:900], None, None))
             b8.close()
+        if batch == large:
+            rows += qdq_reference_checks(path, work, calib, seq)
         backend.close()
+
+
+def qdq_reference_checks(path: Path, work: Path, calib, seq: int, batch: int = 8) -> list:
+    """The issue's int8 check at a small batch: trimtab's int8 engines (real int8 GEMMs) against
+    ONNX Runtime CPU running the same Q/DQ file: output SQNR (dB) and the smallest token cosine."""
+    from trimtab.backends.ort_cpu import OrtCpuBackend
+    from trimtab.measure.metrics import sqnr_db
+
+    rng = np.random.default_rng(1)
+    feeds = {"input_ids": rng.integers(1000, 30000, (batch, seq)).astype(np.int64),
+             "attention_mask": np.ones((batch, seq), np.int64)}
+    feeds["attention_mask"][batch // 2:, seq - 16:] = 0
+    shapes = {k: v.shape for k, v in feeds.items()}
+    rows = []
+    for flavour in ("int8", "int8-fp16"):
+        try:
+            backend, engine = trimtab_engine(path, work / "cache", shapes, flavour, calib)[:2]
+            got = backend.infer(feeds)[backend.output_names[0]]
+            with OrtCpuBackend(backend._proto, threads=8) as ort:
+                want = ort.infer(feeds)[ort.output_names[0]]
+            mask = torch.from_numpy(feeds["attention_mask"])
+            cos = token_cosine(torch.from_numpy(got), torch.from_numpy(want), mask)
+            rows.append(("bert", batch, f"trimtab {flavour} vs ONNX Runtime CPU on the same Q/DQ file",
+                         f"SQNR {sqnr_db(got, want):.1f} dB", f"min token cos {cos:.5f}", None))
+            backend.close()
+        except Exception as exc:  # noqa: BLE001  (a reference that cannot run is reported, not fatal)
+            rows.append(("bert", batch, f"trimtab {flavour} vs ONNX Runtime CPU", "failed", repr(exc)[:200], None))
+    return rows
 
 
 def token_cosine(out, ref, mask) -> float:
@@ -227,6 +266,7 @@ def _record(rows, name, batch, times, checks, cold, cached, notes, artifact_s):
         rows.append((name, batch, variant, round(ms, 3), round(batch * 1000 / ms, 1), shown))
     rows.append((name, batch, "trimtab build s (fp16 artifact / cold engine / cached engine)",
                  f"{artifact_s:.1f} / {cold:.1f} / {cached:.2f}", json.dumps(notes.get("fusions")), notes.get("steps")))
+    rows.append((name, batch, "trimtab fp16 runner (timed at build)", json.dumps(notes.get("runner")), None, None))
 
 
 def environment() -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trimtab._io import atomic_write_bytes
+from trimtab._onnx_io import proto_sha256, proto_size, save_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -27,8 +27,15 @@ class Artifact:
     notes: dict = field(default_factory=dict)  # build facts for the report (kept-fp32 nodes, ...)
 
     def save(self, path: str | Path) -> Path:
-        """Write the ONNX file atomically and return its path."""
-        return atomic_write_bytes(path, self.proto.SerializeToString())
+        """Write the ONNX file atomically and return its path. Over protobuf's 2 GB limit the
+        weights go to `<file name>.<digest>.data` beside it, written first (trimtab._onnx_io)."""
+        return save_onnx(self.proto, path)
 
     def size_bytes(self) -> int:
-        return self.proto.ByteSize()
+        """Serialised size: the file, plus its data file over 2 GB."""
+        return proto_size(self.proto)
+
+    def sha256(self) -> str:
+        """sha256 of the serialised bytes (over 2 GB: of the graph and each tensor's data): the
+        key of the artifact's evaluation in a run's state."""
+        return proto_sha256(self.proto)

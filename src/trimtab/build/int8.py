@@ -139,12 +139,15 @@ def build_int8(
     method_name: str | None = None,
     skip_tensors: set[str] | frozenset[str] = frozenset(),
     smoothing: Smoothing | None = None,
+    unquantized: Precision | str = Precision.FP32,
 ) -> Artifact:
     """Insert Q/DQ into a copy of `model` (a prepared Model) using `ranges` (tensor name ->
     TensorRange) placed for `flavour`. `method_name` names the calibration method that produced
     the ranges (kept in the artifact and its name). `skip_tensors` stay float (pass
     `Calibration.float_tensors`: attention masks). `smoothing` first moves activation outlier
-    channels of MatMul inputs into the weights (`trimtab.build.smooth`; name suffix `-smooth`)."""
+    channels of MatMul inputs into the weights (`trimtab.build.smooth`; name suffix `-smooth`).
+    `unquantized` fp16 then converts the nodes left float to fp16 by `build_fp16`'s rule, Q/DQ
+    kept fp32 (name suffix `-fp16`): what a GPU wants (TensorRT's int8 + fp16 fallback)."""
     try:
         flavour = Int8Flavour(flavour)
     except ValueError:
@@ -177,7 +180,7 @@ def build_int8(
     if not selection.nodes:
         logger.warning("int8 %s: no node was quantized (do the ranges name this model's tensors?)", flavour.value)
     suffix = (f"-{method_name}" if method_name else "") + ("-smooth" if smoothing is not None else "")
-    return Artifact(
+    artifact = Artifact(
         name=f"int8{suffix}-{flavour.value}",
         precision=Precision.INT8.value,
         proto=proto,
@@ -186,6 +189,27 @@ def build_int8(
         calibration=method_name,
         notes=notes,
     )
+    if Precision(unquantized) is Precision.FP16:
+        artifact = _unquantized_in_fp16(artifact)
+    elif Precision(unquantized) is not Precision.FP32:
+        raise ValueError(f"unquantized nodes can stay fp32 or become fp16, not {unquantized!r}")
+    return artifact
+
+
+def _unquantized_in_fp16(artifact: Artifact) -> Artifact:
+    from types import SimpleNamespace
+
+    from trimtab.build.fp16 import build_fp16
+
+    proto = artifact.proto
+    if proto.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:  # the fp16 pass reads tensor types: the Q/DQ outputs need them
+        proto = onnx.shape_inference.infer_shapes(proto)
+    half = build_fp16(SimpleNamespace(proto=proto))
+    tensor_map = {name: half.tensor_map.get(mapped, mapped) for name, mapped in artifact.tensor_map.items()}
+    notes = {**artifact.notes, "unquantized": "fp16", "kept_fp32": half.notes["kept_fp32"],
+             "casts_inserted": half.notes["casts_inserted"]}
+    return Artifact(name=f"{artifact.name}-fp16", precision=artifact.precision, proto=half.proto,
+                    tensor_map=tensor_map, flavour=artifact.flavour, calibration=artifact.calibration, notes=notes)
 
 
 def _label(node: onnx.NodeProto) -> str:

@@ -119,3 +119,15 @@ def test_off_cuda_every_qlinear_runs_int8_without_timing():
     artifact, feeds = _int8_encoder()
     _, _, notes = _run(artifact.proto, feeds)
     assert all(v["ms"] == {} for v in notes["layer_precisions"].values())
+
+
+def test_int8_with_fp16_elsewhere_runs_int8_gemms_and_matches_onnx_runtime():
+    artifact, feeds = _int8_encoder(unquantized="fp16")
+    assert artifact.name.endswith("-fp16") and artifact.notes["unquantized"] == "fp16"
+    got, plan, notes = _run(artifact.proto, feeds)
+    qlinears = [s for s in plan.steps if s.op == "trimtab.QLinear"]
+    assert len(qlinears) == plan.notes["fusions"]["int8_linear"] == 4
+    assert {plan.dtypes[s.outputs[0]] for s in qlinears} == {"float16", "int8"}
+    assert not any(s.op == "trimtab.FakeQuant" for s in plan.steps)  # every Q/DQ pair became a GEMM input
+    want = reference(artifact.proto, feeds)["y"]
+    assert sqnr_db(got, want) >= 30.0
