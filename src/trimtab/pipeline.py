@@ -380,9 +380,8 @@ class _Evaluator:
         """`count=False`: a lookup of an artifact evaluated before under another name (the
         search's final plan), not counted as reused."""
         from trimtab.measure import evaluate
-        from trimtab.resume import sha256_bytes
 
-        sha = sha256_bytes(artifact.proto.SerializeToString())
+        sha = artifact.sha256()
         cached = self.state.evaluation(sha)
         if cached is not None:
             self.reused += count and sha not in self._this_run
@@ -399,10 +398,8 @@ class _Evaluator:
 
     def reference(self):
         """The fp32 outputs on the validation set (saved in the run state)."""
-        from trimtab.resume import sha256_bytes
-
         if self._reference is None:
-            sha = sha256_bytes(self.fp32.artifact.proto.SerializeToString())
+            sha = self.fp32.artifact.sha256()
             self._reference = self.state.reference_outputs(sha)
             if self._reference is None:
                 self._reference = self._outputs(self.fp32.artifact)
@@ -425,7 +422,6 @@ def _search(model, calibrations: dict, candidates: list[Measured], evaluator: _E
             config: TuneConfig, folder: RunFolder, state, deadline: float | None) -> dict:
     """The mixed-precision search from the best full-int8 candidate, when it misses the budget.
     Its best plan joins `candidates` (timed with the others). Returns summary.json's `search`."""
-    from trimtab.resume import sha256_bytes
     from trimtab.search import passes
     from trimtab.search.run import SearchInputs, run_search
 
@@ -447,7 +443,7 @@ def _search(model, calibrations: dict, candidates: list[Measured], evaluator: _E
         model=model, base=base, fp32=candidates[0], calibration=calibrations[CalibrationMethod(base.artifact.calibration)],
         validation=setup["val"], feeds=_bench_feeds(setup["val"], config.batch_size), evaluate=evaluator,
         passes=judge, models_dir=folder.models, root=folder.root, state=state,
-        base_sha=sha256_bytes(base.artifact.proto.SerializeToString()), budget=config.budget, threads=config.threads,
+        base_sha=base.artifact.sha256(), budget=config.budget, threads=config.threads,
         focus_ops=tuple(config.focus_ops))
     run = run_search(inputs, max_evals=config.max_evals, deadline=deadline)
     if run.best_artifact is not None:
@@ -617,7 +613,7 @@ def _candidate_row(c: Measured, folder: RunFolder, ok: bool) -> dict:
         throughput_per_s=_finite(bench.throughput_per_s),
         latency_ms={k: _finite(v) for k, v in bench.latency_ms.items()},
         batch_size=bench.batch_size,
-        model_bytes=c.path.stat().st_size,
+        model_bytes=c.artifact.size_bytes(),  # the file's size (with its data file over 2 GB)
         peak_mem_bytes=c.peak_mem_bytes,
         artifact=str(c.path.relative_to(folder.root)),
         within_budget=ok,

@@ -43,6 +43,7 @@ class OrtCpuBackend(Backend):
         self.optimize = optimize
         self.extra_outputs = list(extra_outputs or [])
         self._session = None
+        self._large_file = None  # a >2 GB proto written with external data, for ONNX Runtime to read by path
 
     def _prepare(self) -> None:
         self._session = self._new_session(self._session_options())
@@ -75,7 +76,7 @@ class OrtCpuBackend(Backend):
 
         try:
             return ort.InferenceSession(
-                self._model_bytes(), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
+                self._model_source(), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise InvalidModelError(
@@ -110,20 +111,48 @@ class OrtCpuBackend(Backend):
         # odd preempted call (a mean would let one 2-core hiccup reorder the search).
         return {name: float(np.median(times[1:])) for name, times in calls.items() if len(times) > 1}
 
-    def _model_bytes(self):
+    def _model_source(self):
+        """What InferenceSession reads: a path, serialised bytes, or, over protobuf's 2 GB limit,
+        the path of a copy written with external data into a temporary folder (kept until close)."""
+        from trimtab._onnx_io import initializer_bytes, serialised
+        from trimtab.load.onnx_file import PROTOBUF_LIMIT
+
         if isinstance(self.model, (str, Path)):
             return str(self.model)
-        if self.extra_outputs:
-            import onnx
+        if self._large_file is None and initializer_bytes(self.model) <= PROTOBUF_LIMIT:
+            data = serialised(self._with_extra_outputs())
+            if data is not None:
+                return data
+        if self._large_file is None:
+            self._large_file = self._write_large()
+        return str(self._large_file)
 
-            proto = onnx.ModelProto()
-            proto.CopyFrom(self.model)
-            known = {o.name for o in proto.graph.output}
-            for name in self.extra_outputs:
-                if name not in known:
-                    proto.graph.output.append(onnx.ValueInfoProto(name=name))
-            return proto.SerializeToString()
-        return self.model.SerializeToString()
+    def _with_extra_outputs(self):
+        if not self.extra_outputs:
+            return self.model
+        import onnx
+
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.model)
+        known = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in self.extra_outputs if n not in known)
+        return proto
+
+    def _write_large(self) -> Path:
+        import shutil
+        import tempfile
+        import weakref
+
+        import onnx
+
+        from trimtab._onnx_io import split, write_split
+
+        skeleton, pairs = split(self.model)  # the proto itself is left as it is
+        known = {o.name for o in skeleton.graph.output}
+        skeleton.graph.output.extend(onnx.ValueInfoProto(name=n) for n in self.extra_outputs if n not in known)
+        folder = Path(tempfile.mkdtemp(prefix="trimtab-ort-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
+        return write_split(skeleton, pairs, folder / "model.onnx")
 
     def _infer(self, feeds):
         outputs = self._session.run(None, {name: feeds[name] for name in self.input_names})
@@ -131,6 +160,9 @@ class OrtCpuBackend(Backend):
 
     def _close(self) -> None:
         self._session = None
+        if self._large_file is not None:
+            self._cleanup()
+            self._large_file = None
 
 
 _ORT_TYPES = {

@@ -176,10 +176,12 @@ def prepare(proto, *, name: str, path: Path | None = None) -> Model:
     large = is_over_protobuf_limit(proto)
     _check(proto, name, path if large else None)
     proto = _upgrade_opset(proto, name)
-    if not large:  # a >2 GB proto cannot be serialised for ONNX Runtime or the shape inferencer
+    if not large:
         proto = _fold(proto, name)
         proto = _infer_shapes(proto)
-        _check_inferred_sizes(proto, name)
+    else:  # a >2 GB proto cannot be serialised: no folding; shapes are inferred on its graph alone
+        _infer_shapes_large(proto)
+    _check_inferred_sizes(proto, name)
     digest = model_sha256(proto)
     initialisers = {init.name for init in proto.graph.initializer}
     return Model(
@@ -193,28 +195,20 @@ def prepare(proto, *, name: str, path: Path | None = None) -> Model:
 
 
 def is_over_protobuf_limit(proto) -> bool:
-    try:
-        return proto.ByteSize() > PROTOBUF_LIMIT
-    except Exception:  # noqa: BLE001 - upb raises EncodeError when asked to size a message over 2 GB
-        return True
+    from trimtab._onnx_io import is_large
+
+    return is_large(proto)
 
 
 def model_sha256(proto) -> str:
-    """sha256 of the serialised graph. Over protobuf's 2 GB limit, tensors' raw data is hashed one
-    tensor at a time and the rest of the graph serialised without it (the data is put back)."""
+    """sha256 of the serialised graph. Over protobuf's 2 GB limit, of the graph without its large
+    initializers' data and each such tensor's data digest (trimtab._onnx_io: one tensor's bytes
+    at a time, the proto untouched)."""
+    from trimtab._onnx_io import large_sha256
+
     if not is_over_protobuf_limit(proto):
         return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
-    digest = hashlib.sha256(b"trimtab.large-model/1")
-    held = [(t, t.raw_data) for t in all_tensors(proto) if t.HasField("raw_data")]
-    try:
-        for tensor, data in held:
-            digest.update(tensor.name.encode() + b"\0" + hashlib.sha256(data).digest())
-            tensor.ClearField("raw_data")
-        digest.update(proto.SerializeToString(deterministic=True))
-    finally:
-        for tensor, data in held:
-            tensor.raw_data = data
-    return digest.hexdigest()
+    return large_sha256(proto, deterministic=True)
 
 
 def _check_inferred_sizes(proto, name: str) -> None:
@@ -310,6 +304,23 @@ def _fold(proto, name: str):
     folded.opset_import.extend(kept)
     folded.producer_name = proto.producer_name or "trimtab"
     return folded
+
+
+def _infer_shapes_large(proto) -> None:
+    """Shape inference for a proto over 2 GB, in place: run on its skeleton (the graph without its
+    large initializers' data, trimtab._onnx_io.split: their dims and types are all inference
+    needs), then the inferred value_info and outputs are copied back. The int8 builder places
+    Q/DQ by these types: without them it quantized 1 of a chain's 6 MatMuls."""
+    from trimtab._onnx_io import split
+
+    skeleton, _ = split(proto)
+    inferred = _infer_shapes(skeleton)
+    if inferred is skeleton:
+        return
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(inferred.graph.value_info)
+    del proto.graph.output[:]
+    proto.graph.output.extend(inferred.graph.output)
 
 
 def _infer_shapes(proto):
