@@ -131,3 +131,17 @@ def test_int8_with_fp16_elsewhere_runs_int8_gemms_and_matches_onnx_runtime():
     assert not any(s.op == "trimtab.FakeQuant" for s in plan.steps)  # every Q/DQ pair became a GEMM input
     want = reference(artifact.proto, feeds)["y"]
     assert sqnr_db(got, want) >= 30.0
+
+
+def test_with_fp16_elsewhere_the_layer_norms_run_in_fp16_and_feed_the_int8_layers():
+    from trimtab.build import build_int8
+
+    block = as_model(encoder_block())
+    feeds = encoder_feeds(np.random.default_rng(0), batch=8)
+    ranges = minmax_ranges(block.proto, feeds)
+    got, plan, _ = _run(build_int8(block, ranges, "tensorrt", unquantized="fp16").proto, feeds)
+    norms = [s for s in plan.steps if s.op == "trimtab.LayerNorm"]
+    assert norms  # (the block's first norm reads the fp32 graph input: it stays fp32)
+    fed = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.inputs[0] in {n.outputs[0] for n in norms}]
+    assert fed and all(plan.dtypes[s.inputs[0]] == "float16" for s in fed)
+    assert sqnr_db(got, reference(build_int8(block, ranges, "tensorrt", unquantized="fp16").proto, feeds)["y"]) >= 30.0

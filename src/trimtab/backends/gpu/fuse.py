@@ -10,6 +10,9 @@
    -> Add(1) -> Mul(x) -> Mul(0.5)) and a Relu fold into its epilogue.
 5.-7. `fuse_transformer`: Q/K/V projections as one GEMM, attention as one
    scaled_dot_product_attention, fp16 LayerNorm (+ residual Add) without the Casts around it.
+8.-9. `fuse_int8`: linear layers of int8 Q/DQ artifacts as int8 GEMMs (`trimtab.QLinear`), and
+   int8 outputs where only int8 layers read them. (8 runs before 7, whose LayerNorm rewrite then
+   sees the int8 layers.)
 
 A node is absorbed only when the tensor between it and the step before is read by nobody else and
 is not a graph output. Every rewrite is counted in `plan.notes["fusions"]`.
@@ -57,9 +60,9 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
 
     counts["qkv"] = fuse_qkv(plan)
     counts["attention"] = fuse_attention(plan)
-    counts["layer_norm"] = fuse_layer_norm(plan)
     counts["int8_linear"] = fuse_int8_linear(plan)
     _prune(plan)
+    counts["layer_norm"] = fuse_layer_norm(plan)
     counts["int8_output"] = fuse_requant(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)

@@ -10,6 +10,7 @@
 7. `fuse_layer_norm`: Cast(fp16 -> fp32) -> LayerNormalization(fp32 scale, bias) -> Cast(-> fp16)
    becomes one `trimtab.LayerNorm` on the fp16 tensor with fp16 scale and bias (PyTorch's kernel
    accumulates the mean and variance in fp32), and Add(a, b) feeding it is folded in as a residual.
+   Int8 linear layers that quantize the fp32 output read the fp16 copy (`_quantize_half_copy`).
 
 Same rule as fuse.py: a node is absorbed only when the tensor it reads from the chain has no
 other reader and is not a graph output.
@@ -146,6 +147,7 @@ def _match_attention(plan: Plan, index: _Index, softmax: Step):
 def fuse_layer_norm(plan: Plan) -> int:
     done = 0
     for norm in [s for s in plan.steps if s.op == "LayerNormalization"]:
+        _quantize_half_copy(plan, _Index(plan), norm)
         index = _Index(plan)
         cast_in, cast_out = index.producer.get(norm.inputs[0]), index.sole_consumer(norm.outputs[0])
         if (len(norm.outputs) > 1 or not _is_cast(plan, cast_in) or not _is_cast(plan, cast_out)
@@ -174,3 +176,21 @@ def fuse_layer_norm(plan: Plan) -> int:
             plan.steps.remove(add)
         done += 1
     return done
+
+
+def _quantize_half_copy(plan: Plan, index: _Index, norm: Step) -> None:
+    """int8 + fp16 artifacts: the fp32 LayerNorm output feeds a Cast to fp16 (the residual path) and
+    the int8 linear layers' quantizers. Those read the fp16 copy instead, so the LayerNorm can run
+    in fp16 like the rest (the value is rounded to fp16 before it is quantized to int8: a step 2^-11
+    of the value, far below the int8 step)."""
+    out = norm.outputs[0]
+    readers = index.consumers.get(out, [])
+    casts = [r for r in readers if _is_cast(plan, r) and plan.dtypes[r.outputs[0]] in _HALF]
+    others = [r for r in readers if r not in casts]
+    if (len(casts) != 1 or not others or out in index.protected
+            or not all(r.op == "trimtab.QLinear" and r.inputs[0] == out and out not in r.inputs[1:] for r in others)):
+        return
+    for reader in others:
+        reader.inputs[0] = casts[0].outputs[0]
+    plan.steps.remove(casts[0])  # the copy is made right after the norm, before its new readers
+    plan.steps.insert(plan.steps.index(norm) + 1, casts[0])
