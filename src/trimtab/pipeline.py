@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from trimtab.options import CalibrationMethod, DecisionRule, Int8Flavour, Objective, Target, Task
+from trimtab.options import CalibrationMethod, DecisionRule, Int8Flavour, Objective, Precision, Target, Task
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,12 @@ class TuneConfig:
     @property
     def flavour(self) -> Int8Flavour:
         return Int8Flavour.ORT_CPU if self.target == Target.ORT_CPU else Int8Flavour.TENSORRT
+
+    @property
+    def unquantized(self) -> Precision:
+        """What int8 candidates leave unquantized runs in: fp16 on a GPU (fast there; TensorRT's
+        int8 + fp16 fallback), fp32 on the CPU (where fp16 is slower than fp32)."""
+        return Precision.FP16 if self.target == Target.GPU else Precision.FP32
 
 
 @dataclass
@@ -211,8 +217,10 @@ def tune(
         with timer("bench"):
             summary_notes = []
             hurry = deadline is not None and time.monotonic() + config.bench_seconds > deadline
-            _bench_all(candidates, setup["val"], config, progress, _bench_seconds(config, deadline), hurry)
-            if hurry:
+            if _bench_all(candidates, setup["val"], config, progress, _bench_seconds(config, deadline), hurry, state):
+                summary_notes.append("Resumed: the candidates' timings are those the interrupted run measured "
+                                     "(state/bench.json), so its decision stands.")
+            elif hurry:
                 summary_notes.append("The time limit was near: candidates were timed in 3 rounds and peak memory "
                                      "was not measured.")
         summary = _summarise(model, candidates, setup, config, folder, timer, command)
@@ -307,16 +315,23 @@ def _calibrate_all(model, calib, config: TuneConfig, folder: RunFolder, progress
 
 
 def _build_all(model, calibrations: dict, config: TuneConfig, folder: RunFolder) -> list[Measured]:
+    from trimtab._onnx_io import compact, is_large
     from trimtab.build import build_fp16, build_fp32, build_int8
 
+    # Over 2 GB each build is compacted before the next one starts (trimtab._onnx_io.compact).
+    done = compact if is_large(model.proto) else (lambda proto: proto)
     artifacts = [build_fp32(model)]
     if config.include_fp16:
         artifacts.append(build_fp16(model))
+        artifacts[-1].proto = done(artifacts[-1].proto)
     for method, calibration in calibrations.items():
         skip = set(calibration.float_tensors)
-        artifacts.append(build_int8(model, calibration.ranges, config.flavour, method_name=method.value, skip_tensors=skip))
+        artifacts.append(build_int8(model, calibration.ranges, config.flavour, method_name=method.value, skip_tensors=skip,
+                                    unquantized=config.unquantized))
+        artifacts[-1].proto = done(artifacts[-1].proto)
     smoothed = _smoothed_candidate(model, calibrations, config)
     if smoothed is not None:
+        smoothed.proto = done(smoothed.proto)
         artifacts.append(smoothed)
     measured = []
     for artifact in artifacts:
@@ -347,6 +362,7 @@ def _smoothed_candidate(model, calibrations: dict, config: TuneConfig):
         method_name=method.value,
         skip_tensors=set(calibration.float_tensors),
         smoothing=Smoothing(calibration.channels),
+        unquantized=config.unquantized,
     )
     if len(artifact.notes.get("smoothed", {})) < _MIN_SMOOTHED_INPUTS:
         return None
@@ -470,11 +486,47 @@ def _bench_seconds(config: TuneConfig, deadline: float | None) -> float | None:
 
 
 def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Progress | None,
-               seconds: float | None = None, hurry: bool = False) -> None:
+               seconds: float | None = None, hurry: bool = False, state=None) -> bool:
     """Time every candidate interleaved on one batch of real validation data. `hurry` (past a time
-    limit): the fewest rounds that still give a spread (3), and no peak-memory subprocesses."""
+    limit): the fewest rounds that still give a spread (3), and no peak-memory subprocesses.
+
+    The timings (and peak memory, once measured) are kept in the run state, keyed by the
+    candidates' sha256: a run killed after its bench resumes with the same timings, hence the same
+    decision, instead of a new speed race between near-equal candidates. Returns True when they
+    were reused."""
+    from trimtab.measure import BenchResult, peak_memory_bytes
+
+    key = {"candidates": [[c.artifact.name, c.sha256 or c.artifact.sha256()] for c in candidates],
+           "batch_size": config.batch_size, "threads": config.threads, "hurry": hurry}
+    record = state.record("bench") if state is not None else None
+    reused = bool(record) and record.get("key") == key
+    if reused:
+        try:
+            results = {name: BenchResult.from_dict(data) for name, data in record["results"].items()}
+            memory = {str(k): int(v) for k, v in record.get("peak_mem_bytes", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            reused = False
+    if not reused:
+        results, memory = _time_candidates(candidates, val, config, progress, seconds, hurry), {}
+        if state is not None:
+            state.save_record("bench", {"key": key, "results": {n: r.to_dict() for n, r in results.items()}})
+    feeds = _bench_feeds(val, config.batch_size)
+    for candidate in candidates:
+        candidate.bench = results[candidate.artifact.name]
+        if config.measure_memory and config.target == Target.ORT_CPU and not hurry:  # an ONNX Runtime CPU figure
+            if candidate.artifact.name not in memory:
+                memory[candidate.artifact.name] = peak_memory_bytes(candidate.path, feeds, threads=config.threads)
+            candidate.peak_mem_bytes = memory[candidate.artifact.name]
+    if state is not None and memory:
+        state.save_record("bench", {"key": key, "results": {n: r.to_dict() for n, r in results.items()},
+                                    "peak_mem_bytes": memory})
+    return reused
+
+
+def _time_candidates(candidates: list[Measured], val, config: TuneConfig, progress: Progress | None,
+                     seconds: float | None, hurry: bool) -> dict:
     from trimtab.backends import get_backend
-    from trimtab.measure import bench_interleaved, peak_memory_bytes
+    from trimtab.measure import bench_interleaved
 
     feeds = _bench_feeds(val, config.batch_size)
     backends = {c.artifact.name: get_backend(config.target, str(c.path), threads=config.threads) for c in candidates}
@@ -482,7 +534,7 @@ def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Pr
         for backend in backends.values():
             backend.prepare()
         report = (lambda done, total: progress("bench", done, total)) if progress else None
-        results = bench_interleaved(
+        return bench_interleaved(
             backends, feeds, baseline=candidates[0].artifact.name,
             min_seconds=min(config.bench_seconds, seconds) if seconds is not None else config.bench_seconds,
             progress=report,
@@ -491,10 +543,6 @@ def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Pr
     finally:
         for backend in backends.values():
             backend.close()
-    for candidate in candidates:
-        candidate.bench = results[candidate.artifact.name]
-        if config.measure_memory and config.target == Target.ORT_CPU and not hurry:  # an ONNX Runtime CPU figure
-            candidate.peak_mem_bytes = peak_memory_bytes(candidate.path, feeds, threads=config.threads)
 
 
 def _bench_feeds(val, batch_size: int) -> dict:

@@ -51,6 +51,11 @@ def test_build_from_ranges_and_from_a_tensorrt_cache(workspace):
     _trimtab("build", workspace / "tiny.onnx", "--precision", "int8", "--trt-cache", folder / "trt.cache",
              "--flavour", "tensorrt", "--out", workspace / "trt.onnx")
     _trimtab("build", workspace / "tiny.onnx", "--precision", "fp16", "--out", workspace / "fp16.onnx")
+    _trimtab("build", workspace / "tiny.onnx", "--precision", "int8", "--trt-cache", folder / "trt.cache",
+             "--flavour", "tensorrt", "--fp16-elsewhere", "--out", workspace / "trt16.onnx")
+    trt16 = onnx.load(workspace / "trt16.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear", "Cast"} <= {n.op_type for n in trt16.graph.node}
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in trt16.graph.initializer)
     ops = {n.op_type for n in onnx.load(workspace / "int8.onnx").graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     zero_points = [i for i in onnx.load(workspace / "trt.onnx").graph.initializer if i.name.endswith("zero_point")]

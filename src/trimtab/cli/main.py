@@ -308,6 +308,8 @@ def build_cmd(
     ranges: Optional[Path] = typer.Option(None, help="int8: ranges-METHOD.json from `trimtab calibrate`."),
     trt_cache: Optional[Path] = typer.Option(None, help="int8: a TensorRT calibration cache to use as ranges."),
     flavour: Int8Flavour = typer.Option(Int8Flavour.ORT_CPU, help="int8 Q/DQ placement: ort-cpu or tensorrt."),
+    fp16_elsewhere: bool = typer.Option(False, "--fp16-elsewhere", help="int8: run what stays unquantized in fp16 "
+                                        "(for GPUs; Q/DQ stay fp32)."),
     verbose: int = VerboseOpt,
 ) -> None:
     """Build one typed ONNX artifact."""
@@ -321,7 +323,8 @@ def build_cmd(
     elif precision == Precision.FP16:
         artifact = build_fp16(loaded)
     else:
-        artifact = build_int8(loaded, _read_ranges(ranges, trt_cache), flavour)
+        artifact = build_int8(loaded, _read_ranges(ranges, trt_cache), flavour,
+                              unquantized=Precision.FP16 if fp16_elsewhere else Precision.FP32)
     typer.echo(str(artifact.save(out)))
 
 

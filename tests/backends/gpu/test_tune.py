@@ -25,12 +25,13 @@ def test_tune_with_target_gpu_times_and_evaluates_every_candidate_on_the_gpu_bac
     assert saved["target"]["backend"] == "gpu"
     assert "CUDA" in saved["target"]["device"] or "gpu engine ran on the CPU" in saved["target"]["device"]
     names = [c.name for c in summary.candidates]
-    assert names[:3] == ["fp32", "fp16", "int8-minmax-tensorrt"]  # gpu builds the symmetric (tensorrt) int8
+    # gpu builds the symmetric (tensorrt) int8, with fp16 where it leaves the graph float
+    assert names[:3] == ["fp32", "fp16", "int8-minmax-tensorrt-fp16"]
     for candidate in summary.candidates:
         assert candidate.throughput_per_s > 0 and candidate.latency_ms["p50"] > 0, candidate.name
         assert candidate.peak_mem_bytes is None  # the memory probe is ONNX Runtime's; not this target's
     assert summary.candidate("fp32").metric_drop == 0.0
-    assert 0.0 < summary.candidate("int8-minmax-tensorrt").metric_drop < 50.0  # real (fake-quant) rounding
+    assert 0.0 < summary.candidate("int8-minmax-tensorrt-fp16").metric_drop < 50.0  # real int8 rounding
     # only the bench profile of each candidate is cached on disk; evaluation engines (one per batch
     # shape) are not
     assert len(list((tmp_path / "cache" / "gpu-engines").iterdir())) == len(summary.candidates)
