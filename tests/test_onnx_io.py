@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import trimtab
+from bench.large_model import LAYERS, WIDTH, write_big_model
 from tests.search._chain import write_chain
 from trimtab import _onnx_io
 from trimtab.backends.ort_cpu import OrtCpuBackend
@@ -119,6 +120,19 @@ def test_build_and_run_over_the_limit_give_the_outputs_of_the_normal_path(chain,
         np.testing.assert_allclose(from_proto["h5"], normal[name][0]["h5"], rtol=1e-6, atol=1e-6, err_msg=name)
 
 
+def _refusing_protos_over_the_limit(function):
+    """`function` as it behaves on a real >2 GB proto, under the lowered limit: a ModelProto whose
+    initializers hold more than the limit cannot be serialised for onnx's C++ side."""
+    from google.protobuf.message import EncodeError
+
+    def refusing(model, *args, **kwargs):
+        if isinstance(model, onnx.ModelProto) and _onnx_io.initializer_bytes(model) > onnx_file.PROTOBUF_LIMIT:
+            raise EncodeError("Failed to serialize proto (the test's lowered limit)")
+        return function(model, *args, **kwargs)
+
+    return refusing
+
+
 def test_tune_over_the_limit_matches_the_normal_path(chain, tmp_path, monkeypatch):
     """calibrate, build, evaluate, the mixed search, bench, peak memory and explain, all on
     artifacts that take the >2 GB path: the same accuracies and search as the normal path."""
@@ -127,6 +141,7 @@ def test_tune_over_the_limit_matches_the_normal_path(chain, tmp_path, monkeypatc
     cheap = dataclasses.replace(config, measure_memory=False, explain=False)  # only its accuracies are compared
     normal = trimtab.tune(path, data, data, cheap, out=tmp_path / "normal")
     monkeypatch.setattr(onnx_file, "PROTOBUF_LIMIT", FORCED_LIMIT)
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", _refusing_protos_over_the_limit(onnx.shape_inference.infer_shapes))
     forced = trimtab.tune(path, data, data, config, out=tmp_path / "forced")
     assert [(c.name, c.metric_value) for c in forced.candidates] == [(c.name, c.metric_value) for c in normal.candidates]
     assert forced.search["best"] == normal.search["best"] is not None
@@ -138,41 +153,6 @@ def test_tune_over_the_limit_matches_the_normal_path(chain, tmp_path, monkeypatc
     assert onnx.load(models / "chosen.onnx").graph.initializer  # it refers to its candidate's data file
     assert not any("explain pass failed" in note for note in forced.notes), forced.notes
     assert damaged_files(tmp_path / "forced") == []
-
-
-BIG_WIDTH, BIG_LAYERS, BIG_CLASSES = 8192, 8, 1000  # 8 x 256 MiB + 31 MiB of fp32 weights: 2.18 GB
-
-
-def _write_big_model(folder: Path, x: np.ndarray) -> tuple[Path, np.ndarray]:
-    """x[N, 8192] -> (MatMul 8192x8192 -> Relu) x 8 -> MatMul 8192x1000, random fp32 weights
-    streamed to weights.bin one layer at a time; returns the path and numpy's output for `x`."""
-    rng = np.random.default_rng(0)
-    nodes, initializers, previous, h = [], [], "x", x
-    with open(folder / "weights.bin", "wb") as data:
-        for i in range(BIG_LAYERS + 1):
-            shape = (BIG_WIDTH, BIG_CLASSES if i == BIG_LAYERS else BIG_WIDTH)
-            w = rng.standard_normal(shape, dtype=np.float32)
-            w *= np.float32(np.sqrt(2.0 / BIG_WIDTH))
-            offset = data.tell()
-            w.tofile(data)
-            tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=shape,
-                                 data_location=TensorProto.EXTERNAL)
-            for key, value in (("location", "weights.bin"), ("offset", offset), ("length", w.nbytes)):
-                tensor.external_data.add(key=key, value=str(value))
-            initializers.append(tensor)
-            h = h @ w
-            nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [f"h{i}"], name=f"fc{i}"))
-            if i < BIG_LAYERS:
-                h = np.maximum(h, 0)
-                nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}"))
-                previous = f"r{i}"
-            del w
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", BIG_WIDTH])],
-                              [helper.make_tensor_value_info(f"h{BIG_LAYERS}", TensorProto.FLOAT, ["N", BIG_CLASSES])],
-                              initializers)
-    path = folder / "big.onnx"
-    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
-    return path, h
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -190,8 +170,8 @@ def test_a_model_over_2gb_builds_saves_and_runs(tmp_path):
     from trimtab.data.dataset import Sample
 
     started = time.monotonic()
-    x = np.random.default_rng(1).standard_normal((4, BIG_WIDTH)).astype(np.float32)
-    path, expected = _write_big_model(tmp_path, x)
+    x = np.random.default_rng(1).standard_normal((4, WIDTH)).astype(np.float32)
+    path, expected = write_big_model(tmp_path, x)
     timings = {"write": time.monotonic() - started}
     model = load_model(path)
     assert onnx_file.is_over_protobuf_limit(model.proto)
@@ -206,7 +186,7 @@ def test_a_model_over_2gb_builds_saves_and_runs(tmp_path):
         size = artifact.size_bytes()
         del artifact
         with OrtCpuBackend(str(saved)) as backend:
-            y = backend.infer({"x": x})[f"h{BIG_LAYERS}"]
+            y = backend.infer({"x": x})[f"h{LAYERS}"]
         cosine = _cosine(y, expected)
         timings[saved.stem] = time.monotonic() - started - sum(timings.values())
         print(f"{saved.stem}: {size / 1e9:.2f} GB, data files {_data_files(saved)}, cosine {cosine:.6f}")

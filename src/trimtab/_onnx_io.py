@@ -15,6 +15,7 @@ built field by field, and the data is streamed tensor by tensor.
     write_split(skeleton, pairs, path) the skeleton as PATH, the data as PATH.<digest>.data beside it
     save_onnx(proto, path)             atomic: PATH whole, or (over the limit) the data file first
                                        then PATH pointing at it; stale data files of PATH removed
+    compact(proto)                     a fresh copy holding only what `proto` still uses
 """
 
 from __future__ import annotations
@@ -214,3 +215,13 @@ def _remove_stale_data(path: Path, keep: str | None) -> None:
         name = candidate.name
         if name != keep and name.startswith(prefix) and name.endswith(DATA_SUFFIX) and candidate.is_file():
             candidate.unlink(missing_ok=True)
+
+
+def compact(proto):
+    """A fresh copy of `proto`. A builder that copies a model and then replaces its weights (fp16,
+    int8) leaves the replaced bytes in the copy's arena until the copy dies: for a 2.2 GB model
+    the fp16 artifact held 3.3 GB, the int8 one 2.75 GB. Copying what is live and dropping the
+    old proto gives that memory back."""
+    fresh = type(proto)()
+    fresh.CopyFrom(proto)
+    return fresh

@@ -78,3 +78,39 @@ def test_killed_runs_resume_to_the_same_answer_with_fewer_evaluations(tmp_path):
         assert resumed.search["evaluations_total"]["reused"] >= kill_at
         assert resumed.search["evaluations_total"]["run"] < fresh_evals
     assert kills == len(points) >= 3
+
+
+def test_a_resume_after_the_bench_keeps_its_timings_and_so_its_decision(tmp_path):
+    """A run killed after its bench (here: its summary and report removed, as if the kill came during
+    the explain pass) resumes with the timings it measured, from state/bench.json, so the speed race
+    between near-equal candidates is not run again. The saved race is doctored to one a fresh
+    timing would never give: the resume must follow it."""
+    import json
+
+    model = tmp_path / "chain.onnx"
+    data = write_chain(model, width=32, samples=64)
+    config = trimtab.TuneConfig(**{**CONFIG, "measure_memory": True})
+    run = tmp_path / "run"
+    first = trimtab.tune(model, data, data, config, out=run)
+    passing = [c.name for c in first.candidates if c.within_budget]
+    other = next(name for name in passing if name != first.chosen)  # fp32 always passes; so does the search's plan
+    record_path = run / "state" / "bench.json"
+    record = json.loads(record_path.read_text())
+    assert sorted(record["results"]) == sorted(c.name for c in first.candidates)
+    assert sorted(record["peak_mem_bytes"]) == sorted(c.name for c in first.candidates)
+    doctored = record["results"][other]
+    doctored["throughput_per_s"] *= 100
+    for key in ("ratio_to_baseline", "ratio_p10", "ratio_p90"):
+        doctored[key] /= 100
+    record_path.write_text(json.dumps(record))
+    (run / "summary.json").unlink()
+    (run / "report.html").unlink()
+    resumed = trimtab.tune(model, data, data, config, out=run)
+    assert resumed.chosen == other, resumed.reason
+    assert resumed.candidate(other).throughput_per_s == doctored["throughput_per_s"]
+    assert [c.peak_mem_bytes for c in resumed.candidates] == [c.peak_mem_bytes for c in first.candidates]
+    assert any("timings are those the interrupted run measured" in note for note in resumed.notes)
+    # another batch size is another race: timed afresh
+    rerun = trimtab.tune(model, data, data, trimtab.TuneConfig(**{**CONFIG, "batch_size": 4}), out=run)
+    assert rerun.candidate(other).throughput_per_s != doctored["throughput_per_s"]
+    assert not any("timings are those" in note for note in rerun.notes)

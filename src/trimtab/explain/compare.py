@@ -299,8 +299,10 @@ class _GraphView:
         self.outputs = [value.name for value in graph.output]
         typed = proto
         if infer_types:
-            try:
-                typed = onnx.shape_inference.infer_shapes(proto)
+            from trimtab._onnx_io import is_large, split
+
+            try:  # over 2 GB, on the graph without its weights' data (types need only dims and dtypes)
+                typed = onnx.shape_inference.infer_shapes(split(proto)[0] if is_large(proto) else proto)
             except (onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:  # > 2 GB or unusual
                 logger.debug("shape inference failed on the candidate: %s", exc)
         self.types = {value.name: value.type.tensor_type.elem_type

@@ -156,13 +156,17 @@ def _plan(inputs: SearchInputs, nodes: list[str]):
 
 
 def _build(inputs: SearchInputs, nodes: list[str]):
+    from trimtab._onnx_io import compact, is_large
     from trimtab.build import Smoothing, build_int8
 
     base = inputs.base.artifact
     smoothing = Smoothing(inputs.calibration.channels) if base.notes.get("smoothed") else None
-    return build_int8(inputs.model, inputs.calibration.ranges, base.flavour, plan=_plan(inputs, nodes),
-                      method_name=base.calibration, skip_tensors=set(inputs.calibration.float_tensors),
-                      smoothing=smoothing)
+    artifact = build_int8(inputs.model, inputs.calibration.ranges, base.flavour, plan=_plan(inputs, nodes),
+                          method_name=base.calibration, skip_tensors=set(inputs.calibration.float_tensors),
+                          smoothing=smoothing)
+    if is_large(inputs.model.proto):  # give back the replaced weights' bytes (trimtab._onnx_io.compact)
+        artifact.proto = compact(artifact.proto)
+    return artifact
 
 
 def _verify(inputs: SearchInputs, groups, k: int, costs: dict[str, float]):
