@@ -145,3 +145,4 @@ def test_with_fp16_elsewhere_the_layer_norms_run_in_fp16_and_feed_the_int8_layer
     fed = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.inputs[0] in {n.outputs[0] for n in norms}]
     assert fed and all(plan.dtypes[s.inputs[0]] == "float16" for s in fed)
     assert sqnr_db(got, reference(build_int8(block, ranges, "tensorrt", unquantized="fp16").proto, feeds)["y"]) >= 30.0
+

@@ -432,6 +432,8 @@ def _pool(node):
                 x = F.pad(x, pre_pad, value=float("-inf"))
             return pool(x, kernel_shape, strides, padding, dilations, ceil_mode=ceil)
 
+        if node.device == "cuda" and spatial == 2 and not pre_pad and not ceil and dilations == [1, 1]:
+            return _nhwc_max_pool(run_max, kernel_shape, strides, padding)
         return run_max
     if any(d != 1 for d in dilations):
         raise node.unsupported("dilated AveragePool is not supported")
@@ -446,6 +448,18 @@ def _pool(node):
         return pool(x, kernel_shape, strides, padding, ceil_mode=ceil, count_include_pad=include)
 
     return run_avg
+
+
+def _nhwc_max_pool(fallback, kernel_shape, strides, padding):
+    """Triton's max pool for channels_last tensors (PyTorch's NHWC kernel is slow), else `fallback`."""
+    from trimtab.backends.gpu.pool_triton import max_pool2d_nhwc
+
+    def run(x):
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1:
+            return max_pool2d_nhwc(x, kernel_shape, strides, padding)
+        return fallback(x)
+
+    return run
 
 
 @kernel("Resize", "Upsample")
