@@ -168,3 +168,21 @@ def test_encoder_attention_qkv_and_half_layer_norm_fuse_and_match_onnx_runtime(p
         assert fusions["layer_norm"] >= 1
         assert sum(s.op == "Cast" for s in plan.steps) < sum(n.op_type == "Cast" for n in proto.graph.node) - 3
     assert rel_error(got, reference(proto, feeds)["y"]) < (1e-5 if precision == "fp32" else 1e-2)
+
+
+def test_a_residual_branch_conv_gives_its_bias_to_the_conv_it_is_added_to():
+    """ResNet's downsampling: relu(conv_a(x) + conv_b(x)); conv_b's bias moves into conv_a's fused
+    epilogue, so conv_b runs without a bias pass. Same outputs as ONNX Runtime."""
+    rng = np.random.default_rng(5)
+    inits = [(n, rng.standard_normal(s).astype(np.float32)) for n, s in
+             (("wa", (4, 3, 3, 3)), ("ba", (4,)), ("wb", (4, 3, 1, 1)), ("bb", (4,)))]
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wb", "bb"], ["b"], name="conv_b"),
+             helper.make_node("Add", ["a", "b"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    proto = model(nodes, [("x", F32, [2, 3, 8, 8])], [("y", F32, None)], inits)
+    with GpuBackend(proto, cache=False, device="cpu") as backend:
+        got = backend.infer({"x": X[:2]})["y"]
+        steps = backend.engine({"x": (2, 3, 8, 8)}).plan.steps
+    biases = {s.name: len(s.inputs) > 2 and bool(s.inputs[2]) for s in steps if s.op == "trimtab.Conv"}
+    assert biases == {"conv_a": True, "conv_b": False}
+    assert rel_error(got, reference(proto, {"x": X[:2]})["y"]) < 1e-5

@@ -216,6 +216,7 @@ def fuse_conv(plan: Plan) -> int:
                 inputs.append(other)
                 attrs["residual"] = True
                 _absorb(plan, conv, nxt)
+                inputs[2] = _take_branch_bias(plan, index, other, inputs[2], conv.name)
                 nxt = index.sole_consumer(nxt.outputs[0])
         act = _activation(plan, nxt) if nxt is not None else None
         if act is not None:
@@ -224,6 +225,23 @@ def fuse_conv(plan: Plan) -> int:
         conv.inputs, conv.attrs = inputs, attrs
         index, done = _Index(plan), done + 1
     return done
+
+
+def _take_branch_bias(plan: Plan, index: _Index, branch: str, bias: str, name: str) -> str:
+    """conv(x) + b + (conv'(x') + b'): when the residual branch is a conv of its own whose output only
+    this sum reads (ResNet's downsampling 1x1 conv), its bias b' moves into b. That conv then runs
+    without a bias, which PyTorch would add in a separate pass over its whole output."""
+    other = index.producer.get(branch)
+    if (other is None or not _conv_with_constant_weights(plan, other) or len(other.inputs) < 3 or not other.inputs[2]
+            or index.sole_consumer(branch) is None or other.op != "Conv"):
+        return bias
+    own = _const(plan, bias) if bias else None
+    moved = _const(plan, other.inputs[2])
+    if moved.dim() != 1 or (own is not None and own.shape != moved.shape):
+        return bias
+    other.inputs = other.inputs[:2]
+    total = moved.double() if own is None else own.double() + moved.double()
+    return _new_const(plan, f"{name}_bias", total.to(moved.dtype))
 
 
 # 4. Linear layers --------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def quantize(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
     n = x.numel()
     block = 4096
-    k["quantize"][(k["triton"].cdiv(n, block),)](x, out, n, 1.0 / scale, IS_INT8=dtype == torch.int8, BLOCK=block,
+    k["quantize"][(k["triton"].cdiv(n, block),)](x, out, n, scale, IS_INT8=dtype == torch.int8, BLOCK=block,
                                                  num_warps=8)
     return out
 
@@ -97,7 +97,7 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     m, n = a.shape[0], w_q.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     out_q = 0 if out_scale is None else (1 if out_dtype == torch.int8 else 2)
-    inv_out = 0.0 if out_scale is None else 1.0 / out_scale
+    scale_out = 1.0 if out_scale is None else out_scale
     flags = dict(IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q)
     bias_arg = bias if bias is not None else col_scale
     if tma is None:
@@ -107,12 +107,12 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
         sms = torch.cuda.get_device_properties(a.device).multi_processor_count
         grid = lambda meta: (min(sms, kernels["triton"].cdiv(m, meta["BLOCK_M"]) * kernels["triton"].cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
         kernels["qgemm_tma"][grid](descriptor.from_tensor(a, block), descriptor.from_tensor(w_q, block),
-                                   descriptor.from_tensor(out, block), col_scale, bias_arg, m, n, k, inv_out,
+                                   descriptor.from_tensor(out, block), col_scale, bias_arg, m, n, k, scale_out,
                                    NUM_SMS=sms, **flags)
     else:
         grid = lambda meta: (kernels["triton"].cdiv(m, meta["BLOCK_M"]) * kernels["triton"].cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, m, n, k, a.stride(0), w_q.stride(0), out.stride(0),
-                               inv_out, **flags)
+                               scale_out, **flags)
     return out.reshape(*lead, n)
 
 

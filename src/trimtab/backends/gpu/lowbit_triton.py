@@ -12,7 +12,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401  (used
 
 
 @triton.jit
-def epilogue(acc, cols, N, scale_ptr, bias_ptr, inv_out, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+def epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
              OUT_Q: tl.constexpr, out_ty: tl.constexpr):
     y = acc.to(tl.float32) * tl.load(scale_ptr + cols, mask=cols < N, other=0.0)[None, :]
     if HAS_BIAS:
@@ -21,10 +21,10 @@ def epilogue(acc, cols, N, scale_ptr, bias_ptr, inv_out, HAS_BIAS: tl.constexpr,
         y = tl.maximum(y, 0.0)
     if ACT == 2:
         y = 0.5 * y * (1.0 + libdevice.erf(y * 0.7071067811865476))
-    if OUT_Q == 1:
-        return tl.minimum(tl.maximum(libdevice.rint(y * inv_out), -128.0), 127.0).to(tl.int8)
+    if OUT_Q == 1:  # x / scale rounded as IEEE division does (ONNX QuantizeLinear), not x * (1 / scale)
+        return tl.minimum(tl.maximum(libdevice.rint(libdevice.div_rn(y, out_scale)), -128.0), 127.0).to(tl.int8)
     elif OUT_Q == 2:
-        return tl.minimum(tl.maximum(y * inv_out, -448.0), 448.0).to(tl.float8e4nv)
+        return tl.minimum(tl.maximum(libdevice.div_rn(y, out_scale), -448.0), 448.0).to(tl.float8e4nv)
     else:
         return y.to(out_ty)
 
@@ -47,7 +47,7 @@ configs = [
 @triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q"])
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
-def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, inv_out,
+def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, out_scale,
                  IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                  EVEN_K: tl.constexpr):
@@ -76,7 +76,7 @@ def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, s
             acc = tl.dot(a, b, acc)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, inv_out, HAS_BIAS, ACT, OUT_Q, c_ptr.dtype.element_ty)
+    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, c_ptr.dtype.element_ty)
     c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
     tl.store(c_ptrs, out, mask=(rows[:, None] < M) & (cols[None, :] < N))
 
@@ -97,7 +97,7 @@ tma_configs = [
 
 @triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q"])
 @triton.jit
-def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, inv_out,
+def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale,
                      IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
                      NUM_SMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -119,13 +119,13 @@ def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, inv_o
             else:
                 acc = tl.dot(a, b.T, acc)
         cols = off_n + tl.arange(0, BLOCK_N)
-        out = epilogue(acc, cols, N, scale_ptr, bias_ptr, inv_out, HAS_BIAS, ACT, OUT_Q, c_desc.dtype)
+        out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, c_desc.dtype)
         c_desc.store([off_m, off_n], out)
 
 @triton.jit
-def quantize_kernel(x_ptr, y_ptr, n, inv_scale, IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
+def quantize_kernel(x_ptr, y_ptr, n, scale, IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32) * inv_scale
+    x = libdevice.div_rn(tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32), scale)
     if IS_INT8:
         q = tl.minimum(tl.maximum(libdevice.rint(x), -128.0), 127.0).to(tl.int8)
     else:
