@@ -19,8 +19,13 @@ def reference(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], *, optimize:
     """ONNX Runtime CPU on the same file (unoptimised: the ONNX reference semantics)."""
     from trimtab.backends.ort_cpu import OrtCpuBackend
 
-    with OrtCpuBackend(proto, threads=1, optimize=optimize) as backend:
-        return backend.infer(feeds)
+    try:
+        with OrtCpuBackend(proto, threads=1, optimize=optimize) as backend:
+            return backend.infer(feeds)
+    except Exception as exc:  # an older ONNX Runtime beside CUDA PyTorch (the GPU machine has 1.30)
+        if "Unsupported model IR version" in str(exc):
+            pytest.skip(f"the reference is unavailable: this ONNX Runtime cannot read the file ({exc})"[:300])
+        raise
 
 
 def run_gpu(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], device: str = "cpu", **options) -> dict[str, np.ndarray]:
