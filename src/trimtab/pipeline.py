@@ -534,12 +534,15 @@ def _time_candidates(candidates: list[Measured], val, config: TuneConfig, progre
         for backend in backends.values():
             backend.prepare()
         report = (lambda done, total: progress("bench", done, total)) if progress else None
-        return bench_interleaved(
+        results = bench_interleaved(
             backends, feeds, baseline=candidates[0].artifact.name,
             min_seconds=min(config.bench_seconds, seconds) if seconds is not None else config.bench_seconds,
             progress=report,
             **({"rounds": 3, "warmup": 1} if hurry else {}), max_seconds=seconds,
         )
+        for name, backend in backends.items():  # what the engine chose per layer while it was timed
+            results[name].layer_precisions = backend.layer_precisions()
+        return results
     finally:
         for backend in backends.values():
             backend.close()
@@ -673,6 +676,7 @@ def _candidate_row(c: Measured, folder: RunFolder, ok: bool) -> dict:
         p_value=_finite(evaluation.p_value) if evaluation.p_value is not None else None,
         extras={k: _finite(v) for k, v in (evaluation.extras or {}).items() if isinstance(v, (int, float))},
         fallback_nodes=list(c.artifact.notes.get("fallback_nodes", [])),
+        layer_precisions=dict(bench.layer_precisions),
     )
 
 

@@ -242,3 +242,12 @@ def test_the_demo_like_folder_renders_without_warnings(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="trimtab.report"):
         render_run_folder(run)
     assert not caplog.records
+
+
+def test_layer_precisions_show_counts_and_the_layers_that_ran_in_float():
+    summary = _summary()
+    assert 'id="layer-precisions"' not in render_report(summary)  # nothing chosen per layer: no section
+    summary.candidates[0].layer_precisions = {"qkv": "int8", HOSTILE: "float16", "ffn": "int8"}
+    section = _section(render_report(summary), "layer-precisions")
+    assert "float16: 1, int8: 2" in section
+    assert ESCAPED in section and HOSTILE not in section and "qkv" not in section

@@ -53,6 +53,12 @@ class Backend(ABC):
         self._synchronize()
         return outputs, time.perf_counter() - start
 
+    def layer_precisions(self) -> dict[str, str]:
+        """Layer name -> the precision it really ran in, for layers whose kernel the backend chose
+        itself (the gpu engine times int8 against float per layer). Empty: every node ran as the
+        artifact types it."""
+        return {}
+
     def close(self) -> None:
         if self._prepared:
             self._close()

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,6 +51,7 @@ class BenchResult:
     ratio_p10: float
     ratio_p90: float
     baseline: str
+    layer_precisions: dict[str, str] = field(default_factory=dict)  # Backend.layer_precisions()
 
     @property
     def speedup(self) -> float:
@@ -67,7 +68,8 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BenchResult":
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+        optional = {"layer_precisions"}  # absent from timings saved by older versions
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data or key not in optional})
 
 
 def bench_interleaved(

@@ -76,6 +76,7 @@ def _sections(summary: Summary, run_dir: Path | None) -> list[tuple[str, str, st
         ("decision", "Decision", guard("the decision", lambda: sections.decision(summary))),
         ("pareto", "Accuracy vs throughput", guard("the Pareto plot", lambda: sections.pareto(summary))),
         ("candidates", "Candidates", guard("the candidates table", lambda: sections.candidates(summary))),
+        ("layer-precisions", "Precision each layer ran in", guard("the layer precisions", lambda: sections.layer_precisions(summary))),
         ("search", "Mixed-precision search", guard("the search", lambda: sections.search(summary))),
         ("scenario", "Scenario", guard("the scenario", lambda: sections.scenario(summary))),
         ("notes", "Notes", guard("the notes", lambda: sections.notes(summary))),

@@ -122,6 +122,26 @@ def _candidate_cells(c: CandidateSummary) -> list[str]:
     ]
 
 
+def layer_precisions(summary: Summary) -> str | None:
+    """Per candidate whose backend chose kernels per layer (the gpu engine's int8 layers): how many
+    layers ran in each precision, and which ran in something else than the artifact asked."""
+    rows = []
+    for c in summary.candidates:
+        ran = c.layer_precisions if isinstance(c.layer_precisions, dict) else {}
+        if not ran:
+            continue
+        counts = {p: sum(1 for v in ran.values() if v == p) for p in sorted(set(ran.values()))}
+        moved = [name for name, p in ran.items() if p != c.precision]
+        rows.append([esc(c.name), esc(c.precision), ", ".join(f"{esc(p)}: {n}" for p, n in counts.items()),
+                     names_cell(moved) if moved else DASH])
+    if not rows:
+        return None
+    return (table(["candidate", "artifact precision", "layers ran in", "layers not in the artifact's precision"],
+                  rows, cls="layers") +
+            "<p>Timed per layer when the engine was built: where a layer's low-precision kernel was slower than "
+            "the float path for its shape, the engine ran it in float (as TensorRT does).</p>")
+
+
 SEARCH_FACTS = (("status", "status"), ("start", "started from"), ("evaluations", "evaluations"),
                 ("reused", "reused from an earlier run"), ("seconds", "seconds"),
                 ("ranking_seconds", "of which ranking"), ("best", "best plan"), ("why", "why"))

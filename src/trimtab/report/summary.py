@@ -33,6 +33,8 @@ class CandidateSummary:
     p_value: float | None = None  # McNemar (paired classification)
     extras: dict[str, Any] = field(default_factory=dict)
     fallback_nodes: list[str] = field(default_factory=list)  # mixed plans: nodes returned to higher precision
+    # layers whose kernel the backend chose when timed (gpu engine: int8 vs float per layer): name -> precision ran
+    layer_precisions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -32,6 +32,12 @@ def test_tune_with_target_gpu_times_and_evaluates_every_candidate_on_the_gpu_bac
         assert candidate.peak_mem_bytes is None  # the memory probe is ONNX Runtime's; not this target's
     assert summary.candidate("fp32").metric_drop == 0.0
     assert 0.0 < summary.candidate("int8-minmax-tensorrt-fp16").metric_drop < 50.0  # real int8 rounding
+    int8 = summary.candidate("int8-minmax-tensorrt-fp16")
+    assert int8.layer_precisions and set(int8.layer_precisions.values()) <= {"int8", "float16"}
+    assert saved["candidates"][2]["layer_precisions"] == int8.layer_precisions
+    assert summary.candidate("fp16").layer_precisions == {}
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Precision each layer ran in" in report and "int8: " in report
     # only the bench profile of each candidate is cached on disk; evaluation engines (one per batch
     # shape) are not
     assert len(list((tmp_path / "cache" / "gpu-engines").iterdir())) == len(summary.candidates)

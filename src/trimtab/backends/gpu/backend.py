@@ -120,6 +120,13 @@ class GpuBackend(Backend):
         log.info("gpu engine for %s built in %.2f s (%s)", shapes, info.seconds, "cache" if from_cache else "cold")
         return engine, info
 
+    def layer_precisions(self) -> dict[str, str]:
+        """What each int8 layer ran in, in the engines built so far (the last build wins)."""
+        ran: dict[str, str] = {}
+        for info in self.builds:
+            ran.update({name: entry["ran"] for name, entry in info.notes.get("layer_precisions", {}).items()})
+        return ran
+
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
