@@ -9,6 +9,7 @@ class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+    FP8 = "fp8"  # float8e4m3fn Q/DQ (GPUs with fp8 tensor cores; trimtab.build.build_fp8)
 
 
 class CalibrationMethod(StrEnum):

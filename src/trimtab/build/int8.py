@@ -141,6 +141,22 @@ def build_int8(
     smoothing: Smoothing | None = None,
     unquantized: Precision | str = Precision.FP32,
 ) -> Artifact:
+    return build_qdq(model, ranges, flavour, Precision.INT8, plan=plan, method_name=method_name,
+                     skip_tensors=skip_tensors, smoothing=smoothing, unquantized=unquantized)
+
+
+def build_qdq(
+    model,
+    ranges: Mapping[str, TensorRange],
+    flavour: Int8Flavour | str,
+    element: Precision,
+    *,
+    plan: PrecisionPlan | None = None,
+    method_name: str | None = None,
+    skip_tensors: set[str] | frozenset[str] = frozenset(),
+    smoothing: Smoothing | None = None,
+    unquantized: Precision | str = Precision.FP32,
+) -> Artifact:
     """Insert Q/DQ into a copy of `model` (a prepared Model) using `ranges` (tensor name ->
     TensorRange) placed for `flavour`. `method_name` names the calibration method that produced
     the ranges (kept in the artifact and its name). `skip_tensors` stay float (pass
@@ -154,8 +170,12 @@ def build_int8(
         choices = ", ".join(member.value for member in Int8Flavour)
         raise ValueError(f"unknown int8 flavour {flavour!r}; choose one of: {choices}") from None
     spec = FLAVOURS[flavour]
+    if element is Precision.FP8 and not spec.symmetric:
+        raise ValueError("fp8 Q/DQ is symmetric: build it in the tensorrt flavour")
     plan = plan or PrecisionPlan.uniform(Precision.INT8)
     proto = copy_model(model.proto)
+    if element is Precision.FP8:
+        proto = _opset_for_fp8(proto)
     folded_pads = fold_zero_pads(proto.graph)
     skip = frozenset(skip_tensors)
     smoothed: dict[str, str] = {}
@@ -166,8 +186,8 @@ def build_int8(
         ranges = {**ranges, **new_ranges}
     index = GraphIndex(proto.graph)
     selection = _select(index, ranges, spec, plan, skip)
-    params = _tensor_params(selection, ranges, spec)
-    rewriter = _QdqRewriter(proto.graph, index, params)
+    params = _tensor_params(selection, ranges, spec, element)
+    rewriter = _QdqRewriter(proto.graph, index, params, element)
     tensor_map = rewriter.rewrite(selection)
     if proto.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:  # larger models are checked from a file
         onnx.checker.check_model(proto)
@@ -181,8 +201,8 @@ def build_int8(
         logger.warning("int8 %s: no node was quantized (do the ranges name this model's tensors?)", flavour.value)
     suffix = (f"-{method_name}" if method_name else "") + ("-smooth" if smoothing is not None else "")
     artifact = Artifact(
-        name=f"int8{suffix}-{flavour.value}",
-        precision=Precision.INT8.value,
+        name=f"{element.value}{suffix}-{flavour.value}",
+        precision=element.value,
         proto=proto,
         tensor_map=tensor_map,
         flavour=flavour.value,
@@ -406,10 +426,14 @@ def _foldable(node, index: GraphIndex) -> bool:
     return attrs.get("min") == 0.0
 
 
-def _tensor_params(selection: _Selection, ranges, spec: _FlavourSpec) -> dict[str, tuple[str, qmath.QParams]]:
+def _tensor_params(selection: _Selection, ranges, spec: _FlavourSpec,
+                   element: Precision = Precision.INT8) -> dict[str, tuple[str, qmath.QParams]]:
     """tensor -> (owner, params). Pass-through outputs share their owner's params (and its
     scale/zero-point initialisers)."""
-    owned = {owner: spec.params(ranges[owner]) for owner in set(selection.tensors.values())}
+    def params(value_range):
+        return qmath.symmetric_fp8(value_range.amax) if element is Precision.FP8 else spec.params(value_range)
+
+    owned = {owner: params(ranges[owner]) for owner in set(selection.tensors.values())}
     return {tensor: (owner, owned[owner]) for tensor, owner in selection.tensors.items()}
 
 
@@ -444,6 +468,31 @@ def _weight_scales(weight: np.ndarray, axis: int | None, bias: np.ndarray | None
     return scales
 
 
+def _fp8_weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
+    """fp8 scales amax / 448 per channel (one value when axis is None); a zero channel gets a tiny
+    positive scale."""
+    amax = np.abs(weight.astype(np.float64)).max() if axis is None else weights.channel_amax(weight, axis)
+    return np.atleast_1d(np.maximum(np.asarray(amax) / qmath.FP8_MAX, 1e-12)).astype(np.float32)
+
+
+FP8_OPSET = 19  # QuantizeLinear/DequantizeLinear take float8 from opset 19
+
+
+def _opset_for_fp8(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model at opset >= 19 (converted with ONNX's version converter when older)."""
+    from onnx import version_converter
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if opset >= FP8_OPSET:
+        return proto
+    try:
+        converted = version_converter.convert_version(proto, FP8_OPSET)
+    except Exception as exc:  # the converter names the op it cannot move
+        raise ValueError(f"fp8 Q/DQ needs opset {FP8_OPSET}; converting this opset-{opset} model failed: {exc}") from exc
+    converted.ir_version = max(converted.ir_version, 9)  # float8 types need IR 9
+    return converted
+
+
 # --- rewriting the graph ---------------------------------------------------------------------
 
 
@@ -451,7 +500,8 @@ class _QdqRewriter:
     """Emits the new node list: Q/DQ after each quantized tensor's producer, int8 weights and
     int32 biases behind DequantizeLinear, consumers rewired to the DQ outputs."""
 
-    def __init__(self, graph: onnx.GraphProto, index: GraphIndex, params) -> None:
+    def __init__(self, graph: onnx.GraphProto, index: GraphIndex, params, element: Precision = Precision.INT8) -> None:
+        self.element = element
         self.graph = graph
         self.index = index
         self.params = params
@@ -525,16 +575,24 @@ class _QdqRewriter:
                 input_scale: float | None = None) -> tuple[str, np.ndarray, list[onnx.NodeProto]]:
         """int8 weight + DequantizeLinear, shared by nodes that quantize it identically."""
         weight = self.index.array(name)
-        scales = _weight_scales(weight, axis, bias, input_scale)
+        fp8 = self.element is Precision.FP8
+        scales = _fp8_weight_scales(weight, axis) if fp8 else _weight_scales(weight, axis, bias, input_scale)
         key = (name, axis, scales.tobytes())
         if key in self.weight_cache:
             dq, scales = self.weight_cache[key]
             return dq, scales, []
-        values = weights.quantize_with_scale(weight, scales, axis)
+        if fp8:
+            shape = [1] * weight.ndim
+            if axis is not None:
+                shape[axis] = -1
+            values = qmath.quantize_fp8(weight, scales.reshape(shape) if axis is not None else scales[0])
+        else:
+            values = weights.quantize_with_scale(weight, scales, axis)
         scales_init, attrs = (scales.reshape(()), {}) if axis is None else (scales, {"axis": axis})
         q_name = self._add_initialiser(values, f"{name}_quantized")
         s_name = self._add_initialiser(scales_init, f"{name}_scale")
-        z_name = self._add_initialiser(np.zeros_like(scales_init, dtype=np.int8), f"{name}_zero_point")
+        z_name = self._add_initialiser(np.zeros_like(scales_init, dtype=qmath.FP8 if fp8 else np.int8),
+                                       f"{name}_zero_point")
         dq = self.names.new(f"{name}_dequantized")
         node = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq],
                                 name=self.names.new(f"{name}_DequantizeLinear"), **attrs)

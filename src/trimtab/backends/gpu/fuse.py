@@ -144,7 +144,7 @@ def fold_batch_norm(plan: Plan) -> int:
 
 
 # 2. Q -> DQ pairs into FakeQuant ------------------------------------------------------------------
-_QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+_QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "float8_e4m3fn": (-448, 448)}
 
 
 def fuse_qdq(plan: Plan) -> int:
@@ -176,7 +176,7 @@ def fuse_qdq(plan: Plan) -> int:
             q.inputs[2] if q_zero is not None else _new_const(plan, f"{q.name}_zero", zeros),
             dq.inputs[1],
             dq.inputs[2] if dq_zero is not None else _new_const(plan, f"{dq.name}_zero", zeros),
-        ], list(dq.outputs), {"lo": lo, "hi": hi, "axis": axis}, [dq.name])
+        ], list(dq.outputs), {"lo": lo, "hi": hi, "axis": axis, "element": dtype}, [dq.name])
         plan.steps[plan.steps.index(q)] = step
         plan.steps.remove(dq)
         index, done = _Index(plan), done + 1

@@ -1,15 +1,17 @@
-"""Int8 rewrites of a lowered `Plan` (in place), run after the float fusions:
+"""Int8 (and fp8) rewrites of a lowered `Plan` (in place), run after the float fusions:
 
-8. `fuse_int8_linear`: a `trimtab.Linear` whose weight was folded from int8 (it carries `w_q`,
-   `w_scale`) and whose input comes from a per-tensor symmetric int8 `trimtab.FakeQuant` (through a
+8. `fuse_int8_linear`: a `trimtab.Linear` whose weight was folded from int8 or float8e4m3fn (it
+   carries `w_q`, `w_scale`) and whose input comes from a per-tensor symmetric `trimtab.FakeQuant`
+   of the same element type (through a
    float Cast or not: build_int8 + fp16 artifacts cast around their Q/DQ) becomes a
    `trimtab.QLinear`: the activation is quantized with the FakeQuant's scale and multiplied in
    int8 (`lowbit.qgemm`), scale + bias + activation in the epilogue. It reads the FakeQuant's
    input directly (or the fp16 tensor an exact upcast came from), so the FakeQuant and the Casts
    disappear when nothing else reads them. The float weight stays an input: the engine may still
    run the layer in float where that is faster for its shape (the layer's tactic).
-9. `fuse_requant`: a QLinear whose output only QLinears read, all with the same input scale,
-   writes int8 itself (quantized in its epilogue) and its readers skip their quantize pass.
+9. `fuse_requant`: a QLinear whose output only QLinears read, all with the same input scale and
+   element, writes that element itself (quantized in its epilogue) and its readers skip their
+   quantize pass.
    (BERT's FFN: up-projection + GELU writes int8 for the down-projection.)
 """
 
@@ -27,39 +29,45 @@ def fuse_int8_linear(plan: Plan) -> int:
         if step.op != "trimtab.Linear" or "w_q" not in step.attrs:
             continue
         found = _quantized_input(plan, index, step.inputs[0])
-        if found is None or step.attrs.get("act") not in (None, "relu", "gelu"):
+        element = str(step.attrs["w_q"].dtype).removeprefix("torch.")
+        if found is None or found[2] != element or step.attrs.get("act") not in (None, "relu", "gelu"):
             step.attrs.pop("w_q"), step.attrs.pop("w_scale")
             continue
-        source, x_scale = found
+        source, x_scale, _ = found
         w_scale = step.attrs.pop("w_scale")
         step.op = "trimtab.QLinear"
         step.inputs = [source, step.inputs[1], step.inputs[2]]
-        step.attrs.update(x_scale=x_scale, col_scale=(x_scale * w_scale.double()).float(),
+        step.attrs.update(element=element, x_scale=x_scale, col_scale=(x_scale * w_scale.double()).float(),
                           out_dtype=plan.dtypes[step.outputs[0]])
         index, done = _Index(plan), done + 1
     return done
 
 
-def _quantized_input(plan: Plan, index: _Index, x: str) -> tuple[str, float] | None:
-    """(tensor to quantize, scale) when `x` is a per-tensor symmetric int8 FakeQuant's output."""
+_SYMMETRIC = {"int8": (-128, 127), "float8_e4m3fn": (-448, 448)}
+
+
+def _quantized_input(plan: Plan, index: _Index, x: str) -> tuple[str, float, str] | None:
+    """(tensor to quantize, scale, element) when `x` is a per-tensor symmetric FakeQuant's output
+    (int8, or float8e4m3fn)."""
     fake = index.producer.get(x)
     if _float_cast(plan, fake):
         fake = index.producer.get(fake.inputs[0])
     if fake is None or fake.op != "trimtab.FakeQuant" or fake.attrs.get("axis") is not None:
         return None
-    if (fake.attrs.get("lo"), fake.attrs.get("hi")) != (-128, 127):
+    element = fake.attrs.get("element", "int8")
+    if _SYMMETRIC.get(element) != (fake.attrs.get("lo"), fake.attrs.get("hi")):
         return None
     q_scale, q_zero, dq_scale, dq_zero = (_const(plan, name) for name in fake.inputs[1:5])
     if any(t is None or t.numel() != 1 for t in (q_scale, q_zero, dq_scale, dq_zero)):
         return None
-    if float(q_zero) != 0 or float(dq_zero) != 0 or float(q_scale) != float(dq_scale):
+    if float(q_zero.float()) != 0 or float(dq_zero.float()) != 0 or float(q_scale) != float(dq_scale):
         return None
     source = fake.inputs[0]
     upcast = index.producer.get(source)
     if (_float_cast(plan, upcast) and plan.dtypes.get(upcast.inputs[0]) in _HALF
             and plan.dtypes.get(source) == "float32"):
         source = upcast.inputs[0]  # fp16 -> fp32 is exact: quantize the fp16 tensor itself
-    return source, float(q_scale)
+    return source, float(q_scale), element
 
 
 def _float_cast(plan: Plan, step: Step | None) -> bool:
@@ -78,14 +86,17 @@ def fuse_requant(plan: Plan) -> int:
         if not readers or not all(r.op == "trimtab.QLinear" and r.inputs[0] == y and y not in r.inputs[1:]
                                   for r in readers):
             continue
-        scales = {r.attrs["x_scale"] for r in readers}
+        scales = {(r.attrs["x_scale"], r.attrs["element"]) for r in readers}
         if len(scales) != 1:
             continue
-        step.attrs["out_scale"] = scales.pop()
-        step.attrs["out_dtype"] = "int8"
-        plan.dtypes[y] = "int8"
+        scale, element = scales.pop()
+        if element != step.attrs["element"]:
+            continue
+        step.attrs["out_scale"] = scale
+        step.attrs["out_dtype"] = element
+        plan.dtypes[y] = element
         for reader in readers:
-            reader.attrs["x_int8"] = True
+            reader.attrs["x_quantized"] = True
         done += 1
     return done
 

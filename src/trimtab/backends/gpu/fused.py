@@ -10,10 +10,11 @@
                        axis, epsilon
     trimtab.FakeQuant  QuantizeLinear -> DequantizeLinear in float (the ONNX rounding, half to even);
                        inputs x, q_scale, q_zero, dq_scale, dq_zero; attrs: lo, hi, axis
-    trimtab.QLinear    int8 linear layer (`lowbit.qgemm`); inputs x (float, or int8 when x_int8),
-                       W[N, K] float (the float tactic), b?; attrs: x_scale, w_q [N, K] int8,
-                       col_scale [N], act, split, out_dtype, out_scale (int8 output for the next
-                       QLinear), x_int8. On CUDA the first call times the int8 kernel against the
+    trimtab.QLinear    8-bit linear layer (`lowbit.qgemm`); inputs x (float, or already 8-bit when
+                       x_quantized), W[N, K] float (the float tactic), b?; attrs: element (int8 or
+                       float8_e4m3fn), x_scale, w_q [N, K] of that element, col_scale [N], act,
+                       split, out_dtype, out_scale (8-bit output for the next QLinear),
+                       x_quantized. On CUDA the first call times the 8-bit kernel against the
                        float path (fake-quant + F.linear in the artifact's float type) and keeps
                        the faster: `run.tactic["chosen"]`, reported per layer by the engine.
 
@@ -147,6 +148,12 @@ def _fake_quant(node):
         q_zero, dq_zero = q_zero.reshape(shape), dq_zero.reshape(shape)
     q_scale, q_zero, dq_zero = q_scale.float(), q_zero.float(), dq_zero.float()
     out_dtype = dq_scale.dtype
+    if node.attr("element") == "float8_e4m3fn":  # saturate, then the conversion rounds to fp8
+        def run_fp8(x, *_):
+            q = torch.clamp(x.float() / q_scale, lo, hi).to(torch.float8_e4m3fn).float()
+            return (q * dq_scale.float()).to(out_dtype)
+
+        return run_fp8
 
     def run(x, *_):
         q = torch.clamp(torch.round(x.float() / q_scale) + q_zero, lo, hi)
@@ -159,31 +166,33 @@ def _fake_quant(node):
 def _qlinear(node):
     a = node.attrs
     x_scale, act, split = float(a["x_scale"]), a.get("act"), a.get("split")
-    out_scale, x_int8 = a.get("out_scale"), bool(a.get("x_int8", False))
+    out_scale, x_quantized = a.get("out_scale"), bool(a.get("x_quantized", False))
     out_dtype = getattr(torch, a["out_dtype"])
+    element = getattr(torch, a.get("element", "int8"))
+    low = element.__repr__().removeprefix("torch.")  # the tactic's name: "int8" or "float8_e4m3fn"
     w_q, col_scale = a["w_q"].to(node.device), a["col_scale"].to(node.device)
     epilogue = _epilogue(act, None)
 
     def finish(y):
         return y.split(split, dim=-1) if split else y
 
-    def int8_path(x, w, b=None):
-        x_q = x if x_int8 else lowbit.quantize(x, x_scale, torch.int8)
+    def low_path(x, w, b=None):
+        x_q = x if x_quantized else lowbit.quantize(x, x_scale, element)
         return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale))
 
     def float_path(x, w, b=None):  # the artifact's own arithmetic: fake-quant, then a float GEMM
-        x = x.float() * x_scale if x_int8 else torch.clamp(torch.round(x.float() / x_scale), -128, 127) * x_scale
-        y = F.linear(x.to(w.dtype), w, b)
+        x = x if x_quantized else lowbit.quantize(x, x_scale, element)
+        y = F.linear((x.float() * x_scale).to(w.dtype), w, b)
         y = epilogue(y) if epilogue else y
-        return finish(lowbit.quantize(y, out_scale, torch.int8) if out_scale is not None else y.to(out_dtype))
+        return finish(lowbit.quantize(y, out_scale, element) if out_scale is not None else y.to(out_dtype))
 
-    paths = {"int8": int8_path}
+    paths = {low: low_path}
     state = {"chosen": None, "ms": {}}
 
     def run(x, w, b=None):
         if state["chosen"] is None:
             paths[str(w.dtype).removeprefix("torch.")] = float_path
-            state["chosen"] = _fastest(paths, (x, w, b), state["ms"]) if node.device == "cuda" else "int8"
+            state["chosen"] = _fastest(paths, (x, w, b), state["ms"]) if node.device == "cuda" else low
         return paths[state["chosen"]](x, w, b)
 
     run.tactic = state

@@ -91,7 +91,8 @@ def lower(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], device: to
 @dataclass(frozen=True)
 class QuantizedWeight:
     """Where a folded float weight came from: DequantizeLinear(q, scale) with zero point 0, q int8
-    (then perhaps Cast to fp16). The fusions use it to give linear layers their int8 weights."""
+    or float8e4m3fn (then perhaps Cast to fp16). The fusions use it to give linear layers their
+    8-bit weights."""
 
     q: torch.Tensor
     scale: torch.Tensor  # one value, or one per index of `axis`
@@ -102,7 +103,8 @@ def _track_quantized(node: onnx.NodeProto, values: dict, quantized: dict) -> Non
     if node.op_type == "DequantizeLinear":
         q, scale = values[node.input[0]], values[node.input[1]]
         zero = values[node.input[2]] if len(node.input) > 2 and node.input[2] else None
-        if q.dtype != torch.int8 or (zero is not None and bool(zero.ne(0).any())) or not scale.is_floating_point():
+        if (q.dtype not in (torch.int8, torch.float8_e4m3fn) or (zero is not None and bool(zero.float().ne(0).any()))
+                or not scale.is_floating_point()):
             return
         axis = None if scale.numel() == 1 else int(next((a.i for a in node.attribute if a.name == "axis"), 1)) % q.dim()
         quantized[node.output[0]] = QuantizedWeight(q, scale.float().reshape(-1), axis)
@@ -184,4 +186,6 @@ def _to_torch(array: np.ndarray, device) -> torch.Tensor:
         raise UnsupportedOpError("initializer", "?", "string tensors are not supported")
     if array.dtype == np.uint16 or array.dtype == np.uint32 or array.dtype == np.uint64:
         array = array.astype(np.int64)
+    if array.dtype.name == "float8_e4m3fn":  # ml_dtypes' type (onnx's numpy helper): torch reads its bytes
+        return torch.from_numpy(np.array(array, order="C").view(np.uint8)).view(torch.float8_e4m3fn).to(device)
     return torch.from_numpy(np.array(array, order="C")).to(device)  # a copy; keeps 0-d arrays 0-d

@@ -27,7 +27,7 @@ Kernel = Callable[..., Any]
 # ONNX TensorProto element types -> torch dtypes
 ONNX_DTYPES = {
     1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
-    9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16,
+    9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16, 17: torch.float8_e4m3fn,
 }
 
 
@@ -741,8 +741,10 @@ def _quantize(node):
     shape = _qparams(node)
     zero = node.const(2, "zero point")
     dtype = torch.uint8 if zero is None else zero.dtype
+    if dtype == torch.float8_e4m3fn:
+        return _quantize_fp8(node, shape, zero)
     if dtype not in (torch.int8, torch.uint8):
-        raise node.unsupported(f"quantizing to {dtype} is not supported (int8/uint8 only)")
+        raise node.unsupported(f"quantizing to {dtype} is not supported (int8, uint8, float8e4m3fn)")
     zp_present = zero is not None
     lo, hi = _QRANGE[dtype]
 
@@ -758,6 +760,25 @@ def _quantize(node):
     return run
 
 
+FP8_MAX = 448.0  # float8e4m3fn's largest finite value
+
+
+def _quantize_fp8(node: NodeSpec, shape, zero):
+    """QuantizeLinear to float8e4m3fn: x / scale, saturated to +-448 (saturate=1, the default), then
+    rounded to the nearest fp8 value by the conversion."""
+    if int(node.attr("saturate", 1)) != 1:
+        raise node.unsupported("float8 quantization without saturation is not supported")
+    if bool(zero.float().ne(0).any()):
+        raise node.unsupported("float8 zero points other than 0 are not supported")
+
+    def run(x, scale, zero_point=None):
+        if shape is not None:
+            scale = scale.reshape(shape)
+        return torch.clamp(x.float() / scale.float(), -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+    return run
+
+
 @kernel("DequantizeLinear")
 def _dequantize(node):
     shape = _qparams(node)
@@ -766,6 +787,8 @@ def _dequantize(node):
         if shape is not None:
             scale = scale.reshape(shape)
             zero_point = None if zero_point is None else zero_point.reshape(shape)
+        if q.dtype == torch.float8_e4m3fn:  # zero points of float8 are 0 (checked where quantized)
+            return q.to(scale.dtype) * scale
         x = q.to(torch.int32)
         if zero_point is not None:
             x = x - zero_point.to(torch.int32)

@@ -19,7 +19,7 @@ import torch
 
 from trimtab._io import atomic_write_bytes, atomic_write_json
 
-FORMAT = 1
+FORMAT = 2  # 2: 8-bit linear layers (trimtab.QLinear)
 _TENSOR_ATTR = "__tensor__"
 
 

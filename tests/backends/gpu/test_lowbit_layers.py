@@ -1,7 +1,7 @@
-"""Real int8 linear layers: an int8 Q/DQ artifact's linear layers become `trimtab.QLinear` (int8
-operands, int32 sums, scale/bias/activation in the epilogue), on the CPU here through the float64
+"""Real 8-bit linear layers: the linear layers of int8 (and fp8) Q/DQ artifacts become `trimtab.QLinear` (int8
+operands with int32 sums, or fp8; scale/bias/activation in the epilogue), on the CPU here through the float64
 reference of `lowbit` (the CUDA kernels are checked against that same reference in
-`test_lowbit_cuda` when a GPU is present)."""
+`test_lowbit_cuda_kernels_match_the_reference` when a GPU is present)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_an_ffn_up_projection_writes_int8_for_the_down_projection():
     for step in writers:
         assert plan.dtypes[step.outputs[0]] == "int8"
         readers = [s for s in plan.steps if step.outputs[0] in s.inputs]
-        assert readers and all(r.op == "trimtab.QLinear" and r.attrs["x_int8"] for r in readers)
+        assert readers and all(r.op == "trimtab.QLinear" and r.attrs["x_quantized"] for r in readers)
 
 
 def test_int8_weights_survive_the_engine_cache(tmp_path):
@@ -147,3 +147,37 @@ def test_with_fp16_elsewhere_the_layer_norms_run_in_fp16_and_feed_the_int8_layer
     assert fed and all(plan.dtypes[s.inputs[0]] == "float16" for s in fed)
     assert sqnr_db(got, reference(build_int8(block, ranges, "tensorrt", unquantized="fp16").proto, feeds)["y"]) >= 30.0
 
+
+
+def test_an_fp8_artifact_runs_fp8_gemms_and_matches_onnx_runtime():
+    from trimtab.build import build_fp8
+
+    block = as_model(encoder_block())
+    feeds = encoder_feeds(np.random.default_rng(0), batch=8)
+    artifact = build_fp8(block, minmax_ranges(block.proto, feeds), method_name="minmax")
+    assert artifact.precision == "fp8" and artifact.name == "fp8-minmax-tensorrt-fp16"
+    opset = next(o.version for o in artifact.proto.opset_import if o.domain in ("", "ai.onnx"))
+    zero_points = [i for i in artifact.proto.graph.initializer if i.name.endswith("zero_point")]
+    assert opset >= 19 and zero_points and all(i.data_type == 17 for i in zero_points)  # FLOAT8E4M3FN
+    got, plan, notes = _run(artifact.proto, feeds)
+    qlinears = [s for s in plan.steps if s.op == "trimtab.QLinear"]
+    assert len(qlinears) == 4 and {s.attrs["element"] for s in qlinears} == {"float8_e4m3fn"}
+    assert all(s.attrs["w_q"].dtype == torch.float8_e4m3fn for s in qlinears)
+    assert set(v["ran"] for v in notes["layer_precisions"].values()) == {"float8_e4m3fn"}
+    want = reference(artifact.proto, feeds)["y"]
+    assert sqnr_db(got, want) >= 30.0
+
+
+def test_an_fp8_cnn_matches_onnx_runtime_running_the_same_file():
+    """fp8 Q/DQ in front of convolutions runs as fp8 fake-quant (saturate, round to e4m3)."""
+    from tests.build._support import residual_cnn
+    from trimtab.build import build_fp8
+
+    x = np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    cnn = as_model(residual_cnn())
+    artifact = build_fp8(cnn, minmax_ranges(cnn.proto, {"x": x}), unquantized="fp32")
+    with GpuBackend(artifact.proto, device="cpu", cache=False) as backend:
+        got = backend.infer({"x": x})["y"]
+        plan = backend.engine({"x": x.shape}).plan
+    assert {s.attrs.get("element") for s in plan.steps if s.op == "trimtab.FakeQuant"} == {"float8_e4m3fn"}
+    assert sqnr_db(got, reference(artifact.proto, {"x": x})["y"]) >= 30.0
