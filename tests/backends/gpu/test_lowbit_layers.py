@@ -181,3 +181,22 @@ def test_an_fp8_cnn_matches_onnx_runtime_running_the_same_file():
         plan = backend.engine({"x": x.shape}).plan
     assert {s.attrs.get("element") for s in plan.steps if s.op == "trimtab.FakeQuant"} == {"float8_e4m3fn"}
     assert sqnr_db(got, reference(artifact.proto, {"x": x})["y"]) >= 30.0
+
+
+@needs_cuda
+@pytest.mark.parametrize("element", ["int8", "fp8"])
+def test_on_cuda_the_8bit_layers_time_their_tactic_and_agree_with_the_cpu_reference(element):
+    """The Triton kernels inside a whole engine: the CUDA engine against the same plan on the CPU
+    (float64 reference of the same 8-bit operands), and a tactic timed for every layer."""
+    from trimtab.build import build_fp8, build_int8
+
+    block = as_model(encoder_block())
+    feeds = encoder_feeds(np.random.default_rng(0), batch=8)
+    ranges = minmax_ranges(block.proto, feeds)
+    artifact = (build_fp8(block, ranges) if element == "fp8"
+                else build_int8(block, ranges, "tensorrt", unquantized="fp16"))
+    got, plan, notes = _run(artifact.proto, feeds, device="cuda")
+    want = _run(artifact.proto, feeds, device="cpu")[0]
+    assert sum(s.op == "trimtab.QLinear" for s in plan.steps) == 4
+    assert all(len(v["ms"]) == 2 for v in notes["layer_precisions"].values())
+    assert sqnr_db(got, want) >= 30.0
