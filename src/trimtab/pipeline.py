@@ -304,7 +304,8 @@ def _calibrate_all(model, calib, config: TuneConfig, folder: RunFolder, progress
     for method in config.methods:
         report = (lambda done, total: progress("calibrate", done, total)) if progress else None
         results[method] = calibrate(
-            model, calib, method, cache_dir=cache_root() / "calibration", batch_size=config.batch_size, progress=report
+            model, calib, method, cache_dir=cache_root() / "calibration", batch_size=config.batch_size, progress=report,
+            target="gpu" if config.target == Target.GPU else "ort-cpu",  # activations where the candidates run
         )
         ranges = {name: {"amax": r.amax, "min": r.min, "max": r.max} for name, r in results[method].ranges.items()}
         atomic_write_json(folder.calibration / f"ranges-{method.value}.json", ranges)

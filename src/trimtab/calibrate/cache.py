@@ -125,11 +125,14 @@ def calibrate(
     batch_size: int = 8,
     percentile: float = DEFAULT_PERCENTILE,
     progress: Progress | None = None,
+    target: str = "ort-cpu",
 ) -> Calibration:
     """Ranges for `model` on `dataset` by `method`, reusing cached histograms and ranges.
 
     The cache key is (model.sha256, dataset.fingerprint()); batch_size is not part of it (it moves
-    histogram bin edges slightly, not the ranges' meaning). Raises CalibrationError for a cache file
+    histogram bin edges slightly, not the ranges' meaning), nor is `target`, where the activations
+    are computed (`collect_histograms`; it moves them by float rounding only; the histograms'
+    meta["collector"] says which one made them). Raises CalibrationError for a cache file
     that claims another key or cannot be read (the message names the file to delete).
     """
     method = CalibrationMethod(method)
@@ -140,7 +143,7 @@ def calibrate(
     hist_path = folder / HISTOGRAMS_FILE
     # One process at a time per entry: a second one waits, then reads what the first wrote.
     with file_lock(folder):
-        hist_set, from_cache = _histograms(model, dataset, hist_path, fingerprint, batch_size, progress)
+        hist_set, from_cache = _histograms(model, dataset, hist_path, fingerprint, batch_size, progress, target)
         digest = _file_sha256(hist_path)
         ranges_path = folder / _ranges_file(method, percentile)
         calibration = _cached_ranges(ranges_path, model.sha256, fingerprint, method, percentile, digest)
@@ -168,14 +171,14 @@ def load_histograms(path: str | Path, model_sha256: str, data_fingerprint: str) 
     return hist_set
 
 
-def _histograms(model, dataset, path: Path, fingerprint: str, batch_size: int, progress):
+def _histograms(model, dataset, path: Path, fingerprint: str, batch_size: int, progress, target: str = "ort-cpu"):
     if path.exists():
         hist_set = load_histograms(path, model.sha256, fingerprint)
         if hist_set.meta.get("channel_stats"):
             log.info("calibration histograms from cache: %s", path)
             return hist_set, True
         log.info("cached histograms %s predate per-channel statistics; recollecting", path)
-    hist_set = collect_histograms(model, dataset, batch_size=batch_size, progress=progress)
+    hist_set = collect_histograms(model, dataset, batch_size=batch_size, progress=progress, target=target)
     hist_set.meta["data_fingerprint"] = fingerprint
     hist_set.save(path)
     log.info("calibration histograms written: %s", path)

@@ -97,8 +97,12 @@ def collect_histograms(
     tensors: Sequence[str] | None = None,
     progress: Progress | None = None,
     channel_stats: bool = True,
+    target: str = "ort-cpu",
 ) -> HistogramSet:
     """Run `model` over `dataset` once and return a histogram of |x| per float32 tensor.
+
+    `target` "ort-cpu" runs the model on ONNX Runtime's CPU provider; "gpu" on trimtab's gpu
+    engine, counting the histograms on the device (`collect_gpu`; CUDA when present).
 
     `tensors` restricts the pass to these names (default: `quantizable_tensors`).
     `channel_stats` also records per-channel min/max of the calibrated MatMul/Gemm inputs
@@ -119,16 +123,23 @@ def collect_histograms(
     channels = set(matmul_inputs(model.proto)) & set(names) if channel_stats else set()
     total = len(dataset)
     done = 0
-    log.info("calibrating %d tensors of %s over %d samples", len(names), model.name, total)
-    backend = OrtCpuBackend(model.proto, optimize=False, extra_outputs=extra)
-    with backend:
-        for batch in dataset.batches(batch_size):
-            outputs = backend.infer(batch.inputs)
-            _fold_batch(hist_set, names, batch, outputs, channels)
-            del outputs
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
+    log.info("calibrating %d tensors of %s over %d samples on %s", len(names), model.name, total, target)
+    if target == "gpu":
+        from trimtab.calibrate.collect_gpu import collect_on_gpu
+
+        done = collect_on_gpu(model.proto, dataset, names, channels, hist_set, batch_size, progress)
+    elif target != "ort-cpu":
+        raise ValueError(f"calibration runs on ort-cpu or gpu, not {target!r}")
+    else:
+        hist_set.meta["collector"] = "onnxruntime (cpu)"
+        with OrtCpuBackend(model.proto, optimize=False, extra_outputs=extra) as backend:
+            for batch in dataset.batches(batch_size):
+                outputs = backend.infer(batch.inputs)
+                _fold_batch(hist_set, names, batch, outputs, channels)
+                del outputs
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
     if done == 0:
         raise CalibrationError(
             "the calibration data gave no samples",

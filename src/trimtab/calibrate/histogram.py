@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +104,23 @@ class TensorHistogram:
             if flat.size == 0:
                 return
             peak = float(flat.max())
-        self.count += int(flat.size)
-        self.min = min(self.min, float(signed.min()))
-        self.max = max(self.max, float(signed.max()))
+        self.add_batch(int(flat.size), float(signed.min()), float(signed.max()), peak,
+                       lambda scale: _bin_counts(flat, scale, self.bins))
+
+    def add_batch(self, count: int, low: float, high: float, peak: float,
+                  bin_counts: Callable[[np.float32], np.ndarray]) -> None:
+        """Fold one batch of `count` finite, non-sentinel values given as a summary (signed
+        extremes, max |v|), for collectors that keep the values elsewhere (on a GPU).
+        `bin_counts(scale)` gives the batch's counts over int(|v| * scale) clipped to the last bin,
+        scale = bins / range in float32, once the range has grown to hold `peak`."""
+        self.count += count
+        self.min = min(self.min, low)
+        self.max = max(self.max, high)
         self._grow_to(peak)
-        self._add(flat)
+        if self.range == 0.0:
+            self.counts[0] += count
+            return
+        self.counts += bin_counts(np.float32(self.bins / self.range))
 
     def _grow_to(self, peak: float) -> None:
         """Widen [0, range] by doubling until it holds `peak`, merging 2^k old bins per new bin."""
@@ -130,19 +142,17 @@ class TensorHistogram:
             merged[:kept] = self.counts.reshape(kept, factor).sum(axis=1)
         self.counts, self.range = merged, new_range
 
-    def _add(self, flat: np.ndarray) -> None:
-        if self.range == 0.0:
-            self.counts[0] += flat.size
-            return
-        index = (flat * np.float32(self.bins / self.range)).astype(np.intp)
-        np.minimum(index, self.bins - 1, out=index)
-        self.counts += np.bincount(index, minlength=self.bins)
-
     def __repr__(self) -> str:
         return (
             f"TensorHistogram({self.name!r}, count={self.count}, range={self.range:.6g}, "
             f"min={self.min:.6g}, max={self.max:.6g}, sentinels={self.sentinel_count})"
         )
+
+
+def _bin_counts(flat: np.ndarray, scale: np.float32, bins: int) -> np.ndarray:
+    index = (flat * scale).astype(np.intp)
+    np.minimum(index, bins - 1, out=index)
+    return np.bincount(index, minlength=bins)
 
 
 def _non_finite_error(name: str, x: np.ndarray, sources: Sequence[str]) -> CalibrationError:
@@ -195,8 +205,12 @@ class ChannelRange:
             high = np.where(flagged, -np.inf, rows).max(axis=0)
         else:
             low, high = rows.min(axis=0), rows.max(axis=0)
-        np.minimum(self.min, low, out=self.min)
-        np.maximum(self.max, high, out=self.max)
+        self.add(low, high)
+
+    def add(self, low: np.ndarray, high: np.ndarray) -> None:
+        """Fold one batch's per-channel minima and maxima (sentinels already left out)."""
+        np.minimum(self.min, np.asarray(low, np.float64), out=self.min)
+        np.maximum(self.max, np.asarray(high, np.float64), out=self.max)
 
 
 class HistogramSet:
@@ -214,16 +228,26 @@ class HistogramSet:
         self.channels: dict[str, ChannelRange] = {}
 
     def update_channels(self, name: str, x: np.ndarray) -> None:
-        channel_range = self.channels.get(name)
-        if channel_range is None:
-            channel_range = self.channels[name] = ChannelRange(name, int(np.shape(x)[-1]))
-        channel_range.update(x)
+        self.channel_range(name, int(np.shape(x)[-1])).update(x)
 
     def update(self, name: str, x: np.ndarray, sources: Sequence[str] = ()) -> None:
+        self.histogram(name).update(x, sources)
+
+    def histogram(self, name: str) -> TensorHistogram:
+        """The histogram of `name`, made empty on first use."""
         hist = self._hists.get(name)
         if hist is None:
             hist = self._hists[name] = TensorHistogram(name, self.bins)
-        hist.update(x, sources)
+        return hist
+
+    def channel_range(self, name: str, channels: int) -> ChannelRange:
+        """The channel range of `name` (`channels` values), made on first use."""
+        channel_range = self.channels.get(name)
+        if channel_range is None:
+            channel_range = self.channels[name] = ChannelRange(name, channels)
+        elif channel_range.channels != channels:
+            raise ValueError(f"tensor '{name}': expected last axis {channel_range.channels}, got {channels}")
+        return channel_range
 
     def add(self, hist: TensorHistogram) -> None:
         if hist.bins != self.bins:

@@ -280,6 +280,8 @@ def calibrate_cmd(
     method: Optional[list[CalibrationMethod]] = typer.Option(None, "--method", help="Method(s); default all."),
     preset: Optional[str] = typer.Option(None, help="Preprocessing preset for image data."),
     out: Path = typer.Option(Path("trimtab-calibration"), help="Folder for ranges-METHOD.json and trt.cache."),
+    target: Target = typer.Option(Target.ORT_CPU, help="Where the activations are computed: ort-cpu, or gpu "
+                                  "(trimtab's engine; histograms counted on the device)."),
     progress: Optional[bool] = ProgressOpt,
     verbose: int = VerboseOpt,
 ) -> None:
@@ -288,7 +290,7 @@ def calibrate_cmd(
     from trimtab.pipeline import RunFolder, TuneConfig, _calibrate_all, _resolve_setup
 
     _setup_logging(verbose)
-    config = TuneConfig(methods=tuple(method) if method else tuple(CalibrationMethod))
+    config = TuneConfig(methods=tuple(method) if method else tuple(CalibrationMethod), target=target)
     data = _open_data(calib, model, preset, "calibration")
     setup = _resolve_setup(model, data, data, config)  # None for both: the example's own data
     loaded = load_model(model)

@@ -84,6 +84,11 @@ class GpuBackend(Backend):
         """The compiled `Engine` for one profile (built on first use)."""
         return self._entry(shapes)[0]
 
+    def forget_engines(self) -> None:
+        """Drop the engines built so far (their device memory goes with them); the next `engine`
+        call builds again (from the on-disk cache where enabled)."""
+        self._engines.clear()
+
     def _entry(self, shapes: dict):
         self.prepare()
         key = tuple(sorted((name, tuple(int(d) for d in shape)) for name, shape in shapes.items()))
