@@ -169,7 +169,7 @@ def _qlinear(node):
     out_scale, x_quantized = a.get("out_scale"), bool(a.get("x_quantized", False))
     out_dtype = getattr(torch, a["out_dtype"])
     element = getattr(torch, a.get("element", "int8"))
-    low = element.__repr__().removeprefix("torch.")  # the tactic's name: "int8" or "float8_e4m3fn"
+    low = str(element).removeprefix("torch.")  # the tactic's name: "int8" or "float8_e4m3fn"
     w_q, col_scale = a["w_q"].to(node.device), a["col_scale"].to(node.device)
     epilogue = _epilogue(act, None)
 
@@ -199,19 +199,21 @@ def _qlinear(node):
     return run
 
 
-def _fastest(paths: dict, args: tuple, timings: dict, runs: int = 5) -> str:
-    """The path that runs `args` fastest on the GPU (best of `runs` after two warm-up calls, which
-    also let Triton pick its tile configuration); the times go into `timings` (ms)."""
-    for name, path in paths.items():
+def _fastest(paths: dict, args: tuple, timings: dict, rounds: int = 7) -> str:
+    """The path that runs `args` fastest on the GPU: two warm-up calls each (Triton picks its tiles),
+    then `rounds` rounds that time every path once, in turn, so a clock still ramping up favours
+    none of them; the best time of each goes into `timings` (ms)."""
+    for path in paths.values():
         for _ in range(2):
             path(*args)
-        best = float("inf")
-        for _ in range(runs):
+    best = {name: float("inf") for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             path(*args)
             end.record()
             end.synchronize()
-            best = min(best, start.elapsed_time(end))
-        timings[name] = round(best, 4)
-    return min(timings, key=timings.get)
+            best[name] = min(best[name], start.elapsed_time(end))
+    timings.update({name: round(ms, 4) for name, ms in best.items()})
+    return min(best, key=best.get)
