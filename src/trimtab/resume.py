@@ -4,7 +4,8 @@ repeating it: `trimtab tune ... --out SAME_DIR`.
     state/identity.json      what the results below depend on: model, data, task, metric, target
     state/eval-<sha256>.json the EvalResult of one artifact (any candidate or search step)
     state/reference.npz      the fp32 outputs on the validation set (new plans are compared to them)
-    state/<key>.json         search records (ranking, measured costs, verified steps)
+    state/<key>.json         search records (ranking, measured costs, verified steps) and the bench
+                             (bench.json: every candidate's timing and peak memory, keyed by their sha256)
 
 Every file is written atomically, so after a kill each is either whole or absent. A state whose
 identity differs from the current run's is stale: it is removed, never trusted.

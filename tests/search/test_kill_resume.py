@@ -26,9 +26,9 @@ trimtab.tune(sys.argv[1], data, data, trimtab.TuneConfig(**{config}), out=sys.ar
 """
 
 
-def _start(model: Path, out: Path) -> subprocess.Popen:
+def _start(model: Path, out: Path, config: dict = CONFIG) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT.format(config=repr(CONFIG)), str(model), str(out)],
+    return subprocess.Popen([sys.executable, "-c", SCRIPT.format(config=repr(config)), str(model), str(out)],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -114,3 +114,30 @@ def test_a_resume_after_the_bench_keeps_its_timings_and_so_its_decision(tmp_path
     rerun = trimtab.tune(model, data, data, trimtab.TuneConfig(**{**CONFIG, "batch_size": 4}), out=run)
     assert rerun.candidate(other).throughput_per_s != doctored["throughput_per_s"]
     assert not any("timings are those" in note for note in rerun.notes)
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_bench_resumes_with_its_timings(tmp_path):
+    """SIGKILL as soon as state/bench.json holds the timings (the peak-memory probes still to run):
+    the resume takes the timings from it, measures only the memory, and decides on them."""
+    import json
+
+    model = tmp_path / "chain.onnx"
+    data = write_chain(model, width=128, samples=8000)
+    config = {**CONFIG, "measure_memory": True}
+    run = tmp_path / "run"
+    process = _start(model, run, config)
+    bench = run / "state" / "bench.json"
+    deadline = time.monotonic() + 120
+    while not bench.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and not (run / "summary.json").exists(), process.stderr.read().decode()
+    _assert_consistent(run)
+    timed = json.loads(bench.read_text())["results"]
+    resumed = trimtab.tune(model, data, data, trimtab.TuneConfig(**config), out=run)
+    _assert_consistent(run)
+    assert {c.name: c.throughput_per_s for c in resumed.candidates} == {n: r["throughput_per_s"] for n, r in timed.items()}
+    assert all(c.peak_mem_bytes for c in resumed.candidates)
+    assert any("timings are those the interrupted run measured" in note for note in resumed.notes)
