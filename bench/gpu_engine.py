@@ -8,7 +8,9 @@ Models (random weights, exported to ONNX here with torch.onnx.export):
 
 Variants: PyTorch eager fp32 (TF32 off), eager fp16 (channels_last for CNNs), torch.compile
 default mode fp16 (large batch only: one compile per model), trimtab gpu fp16 (the fp16 artifact
-from trimtab.build.build_fp16, CUDA graph). Throughput at the large batch, latency at batch 1,
+from trimtab.build.build_fp16, CUDA graph); at the large batch also trimtab int8 (Q/DQ, fp16 elsewhere)
+and fp8 (Q/DQ), calibrated on the GPU (minmax, 16 random inputs), checked by cosine against
+trimtab's fp16 (CNNs) or fp32 (BERT) engine. Throughput at the large batch, latency at batch 1,
 engine build time cold and from the engine cache, and correctness (relative error of the first
 output vs eager fp32). Timing: CUDA events after warm-up, variants interleaved round-robin,
 median over rounds. Run: PYTHONPATH=src python bench/gpu_engine.py [--out DIR]
@@ -65,20 +67,24 @@ def export(module, args: tuple, names: list[str], path: Path, dynamic: dict) -> 
 
 def trimtab_engine(onnx_path: Path, cache_dir: Path, shapes: dict, precision: str, calib=None):
     """(backend, engine, cold build s, cached build s, notes) for the fp16 (or fp32, or int8 Q/DQ in
-    the tensorrt flavour, minmax ranges from `calib`) artifact."""
+    the tensorrt flavour with fp32 or fp16 elsewhere, or fp8 Q/DQ; minmax ranges from `calib`)
+    artifact."""
     from trimtab.backends.gpu import GpuBackend
-    from trimtab.build import build_fp16, build_int8
+    from trimtab.build import build_fp8, build_fp16, build_int8
     from trimtab.load import load_model
 
     start = time.perf_counter()
     model = load_model(onnx_path)
-    if precision.startswith("int8"):
+    if precision.startswith("int8") or precision == "fp8":
         from trimtab.calibrate import calibrate
 
-        calibration = calibrate(model, calib, "minmax", batch_size=8)
-        proto = build_int8(model, calibration.ranges, "tensorrt", method_name="minmax",
-                           skip_tensors=set(calibration.float_tensors),
-                           unquantized="fp16" if precision == "int8-fp16" else "fp32").proto
+        calibration = calibrate(model, calib, "minmax", batch_size=8, target="gpu")
+        skip = set(calibration.float_tensors)
+        if precision == "fp8":
+            proto = build_fp8(model, calibration.ranges, method_name="minmax", skip_tensors=skip).proto
+        else:
+            proto = build_int8(model, calibration.ranges, "tensorrt", method_name="minmax", skip_tensors=skip,
+                               unquantized="fp16" if precision == "int8-fp16" else "fp32").proto
     else:
         proto = build_fp16(model).proto if precision == "fp16" else model.proto
     artifact_s = time.perf_counter() - start
@@ -130,9 +136,53 @@ def bench_cnn(name: str, net, path: Path, work: Path, rows: list, large: int) ->
             if ref is not None:
                 checks["trimtab fp16"] = rel(first, ref)
             variants["trimtab fp16"] = lambda: engine.run(feeds)
+            lowbit = {}
+            if batch == large:  # int8 (fp16 elsewhere) and fp8, calibrated on 16 random images
+                from trimtab.data import Dataset
+                from trimtab.data.dataset import Sample
+
+                rng = np.random.default_rng(0)
+                calib = Dataset([Sample({"input": rng.standard_normal((3, 224, 224)).astype(np.float32)}, source=f"r{i}")
+                                 for i in range(16)], name="random-images")
+                reference = first.float().clone()
+                lowbit = _lowbit_variants(name, path, work, {"input": x.shape}, calib, feeds, variants, checks, rows,
+                                          lambda out: cosine(out, reference))
             times = interleaved(variants)
         _record(rows, name, batch, times, checks, cold, cached, notes, artifact_s)
+        _record_lowbit(rows, name, batch, lowbit)
         backend.close()
+
+
+def _lowbit_variants(name, path, work, shapes, calib, feeds, variants, checks, rows, check) -> dict:
+    """Add the int8 (fp16 elsewhere) and fp8 engines to `variants`; a build that fails is a row, not
+    the end of the run. Returns label -> trimtab_engine's tuple."""
+    built = {}
+    for label, precision in (("trimtab int8 (Q/DQ, fp16 elsewhere)", "int8-fp16"), ("trimtab fp8 (Q/DQ)", "fp8")):
+        try:
+            built[label] = trimtab_engine(path, work / "cache", shapes, precision, calib)
+        except Exception as exc:  # noqa: BLE001
+            rows.append((name, "-", f"{label} FAILED", repr(exc)[:300]))
+            continue
+        engine = built[label][1]
+        checks[label] = check(engine.run(feeds)[engine.plan.outputs[0]])
+        variants[label] = (lambda e: lambda: e.run(feeds))(engine)
+    return built
+
+
+def _record_lowbit(rows, name, batch, built: dict) -> None:
+    for label, (backend, engine, cold, cached, notes, artifact_s) in built.items():
+        ran = [v["ran"] for v in notes.get("layer_precisions", {}).values()]
+        rows.append((name, batch, f"{label} build s (artifact incl. calibration / cold / cached)",
+                     f"{artifact_s:.1f} / {cold:.1f} / {cached:.2f}", json.dumps(notes.get("fusions")), notes.get("steps")))
+        rows.append((name, batch, f"{label} layers ran", json.dumps({p: ran.count(p) for p in sorted(set(ran))}),
+                     json.dumps(notes.get("runner")), None))
+        backend.close()
+
+
+def cosine(out, ref) -> float:
+    """Cosine between two outputs, flattened (the int8/fp8 check against trimtab's fp16 engine)."""
+    out, ref = out.detach().double().reshape(-1), ref.detach().double().reshape(-1)
+    return float(out @ ref / (out.norm() * ref.norm()))
 
 
 def _no_tf32(net, x):
@@ -188,25 +238,16 @@ def bench_bert(work: Path, rows: list, large: int = 128, seq: int = 128) -> None
             checks["trimtab fp16"] = token_cosine(out[engine.plan.outputs[0]], ref32, mask)
             checks["eager fp16"] = token_cosine(half(input_ids=ids, attention_mask=mask).last_hidden_state, ref, mask)
             variants["trimtab fp16"] = lambda: engine.run(feeds)
-            int8 = {}
+            lowbit = {}
             if batch == large:
-                for label, flavour in (("trimtab int8 (Q/DQ, fp32 elsewhere)", "int8"),
-                                       ("trimtab int8 (Q/DQ, fp16 elsewhere)", "int8-fp16")):
-                    int8[label] = trimtab_engine(path, work / "cache", shapes, flavour, calib)
-                    e8 = int8[label][1]
-                    checks[label] = token_cosine(e8.run(feeds)[e8.plan.outputs[0]], ref32, mask)
-                    variants[label] = (lambda e: lambda: e.run(feeds))(e8)
+                lowbit = _lowbit_variants("bert", path, work, shapes, calib, feeds, variants, checks, rows,
+                                          lambda out: token_cosine(out, ref32, mask))
             times = interleaved(variants)
         _record(rows, "bert", batch, times, checks, cold, cached, notes, artifact_s)
-        for label, (b8, e8, cold8, cached8, notes8, art8) in int8.items():
-            ran = [v["ran"] for v in notes8.get("layer_precisions", {}).values()]
-            rows.append(("bert", batch, f"{label} build s (artifact incl. calibration / cold / cached)",
-                         f"{art8:.1f} / {cold8:.1f} / {cached8:.2f}", json.dumps(notes8.get("fusions")), notes8.get("steps")))
-            rows.append(("bert", batch, f"{label} layers ran", json.dumps({p: ran.count(p) for p in sorted(set(ran))}),
-                         json.dumps(notes8.get("runner")), None))
+        for label, built in lowbit.items():
             rows.append(("bert", batch, f"{label} layer tactic ms", json.dumps(
-                {name: v["ms"] for name, v in list(notes8.get("layer_precisions", {}).items())[:8]})[:900], None, None))
-            b8.close()
+                {name: v["ms"] for name, v in list(built[4].get("layer_precisions", {}).items())[:8]})[:900], None, None))
+        _record_lowbit(rows, "bert", batch, lowbit)
         if batch == large:
             rows += qdq_reference_checks(path, work, calib, seq)
         backend.close()
@@ -224,7 +265,7 @@ def qdq_reference_checks(path: Path, work: Path, calib, seq: int, batch: int = 8
     feeds["attention_mask"][batch // 2:, seq - 16:] = 0
     shapes = {k: v.shape for k, v in feeds.items()}
     rows = []
-    for flavour in ("int8", "int8-fp16"):
+    for flavour in ("int8", "int8-fp16", "fp8"):
         try:
             backend, engine = trimtab_engine(path, work / "cache", shapes, flavour, calib)[:2]
             got = backend.infer(feeds)[backend.output_names[0]]
