@@ -198,3 +198,15 @@ def test_a_model_over_2gb_builds_saves_and_runs(tmp_path):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; peak RSS {peak:.2f} GiB")
     assert len(_data_files(folder / "fp32.onnx")) == 1 and (folder / "fp32.onnx").stat().st_size < 2**20
+
+
+def test_only_the_saved_files_own_data_files_are_removed(chain, tmp_path, monkeypatch):
+    path, _ = chain
+    monkeypatch.setattr(onnx_file, "PROTOBUF_LIMIT", FORCED_LIMIT)
+    artifact = build_fp32(load_model(path))
+    out = tmp_path / "out"
+    other = artifact.save(out / "a.onnx.onnx")  # its data file also starts with "a.onnx."
+    (out / "a.onnx.notes.data").write_text("not ours")
+    artifact.save(out / "a.onnx")
+    assert len(_data_files(other)) == 1 and (out / "a.onnx.notes.data").exists()
+    assert onnx.load(other).graph.initializer

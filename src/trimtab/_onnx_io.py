@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from trimtab._io import _atomic_write, atomic_write_bytes
@@ -210,10 +211,10 @@ def save_onnx(proto, path: str | os.PathLike) -> Path:
 
 
 def _remove_stale_data(path: Path, keep: str | None) -> None:
-    prefix = f"{path.name}."
+    """Data files this module wrote for `path` (`<name>.<16 hex>.data`, `<name>.staging.data`), but `keep`."""
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9a-f]{16}|staging)" + re.escape(DATA_SUFFIX))
     for candidate in path.parent.iterdir():
-        name = candidate.name
-        if name != keep and name.startswith(prefix) and name.endswith(DATA_SUFFIX) and candidate.is_file():
+        if candidate.name != keep and pattern.fullmatch(candidate.name) and candidate.is_file():
             candidate.unlink(missing_ok=True)
 
 
