@@ -15,6 +15,7 @@ built field by field, and the data is streamed tensor by tensor.
     write_split(skeleton, pairs, path) the skeleton as PATH, the data as PATH.<digest>.data beside it
     save_onnx(proto, path)             atomic: PATH whole, or (over the limit) the data file first
                                        then PATH pointing at it; stale data files of PATH removed
+    stored_bytes(path)                 a saved model's bytes on disk, its data file included
     compact(proto)                     a fresh copy holding only what `proto` still uses
 """
 
@@ -141,8 +142,13 @@ def proto_size(proto) -> int:
     (what save_onnx writes, without the data file's alignment padding)."""
     from trimtab.load.onnx_file import declared_bytes
 
-    if not is_large(proto):
-        return proto.ByteSize()
+    if initializer_bytes(proto) <= _limit():
+        try:
+            size = proto.ByteSize()  # one serialisation, not is_large's and then this one
+        except Exception:  # noqa: BLE001 - upb's EncodeError
+            size = None
+        if size is not None and size <= _limit():
+            return size
     skeleton, pairs = split(proto)
     return skeleton.ByteSize() + sum(declared_bytes(tensor) for tensor, _ in pairs)
 
@@ -210,9 +216,21 @@ def save_onnx(proto, path: str | os.PathLike) -> Path:
     return write_split(skeleton, pairs, path)
 
 
+def stored_bytes(path: str | os.PathLike) -> int:
+    """Bytes a saved model takes on disk: the file and the data file save_onnx wrote beside it."""
+    path = Path(path)
+    pattern = _data_pattern(path, staging=False)
+    return path.stat().st_size + sum(p.stat().st_size for p in path.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def _data_pattern(path: Path, staging: bool = True):
+    tag = r"([0-9a-f]{16}|staging)" if staging else r"[0-9a-f]{16}"
+    return re.compile(re.escape(path.name) + r"\." + tag + re.escape(DATA_SUFFIX))
+
+
 def _remove_stale_data(path: Path, keep: str | None) -> None:
     """Data files this module wrote for `path` (`<name>.<16 hex>.data`, `<name>.staging.data`), but `keep`."""
-    pattern = re.compile(re.escape(path.name) + r"\.([0-9a-f]{16}|staging)" + re.escape(DATA_SUFFIX))
+    pattern = _data_pattern(path)
     for candidate in path.parent.iterdir():
         if candidate.name != keep and pattern.fullmatch(candidate.name) and candidate.is_file():
             candidate.unlink(missing_ok=True)

@@ -655,6 +655,8 @@ def _notes(candidates: list[Measured], setup: dict, config: TuneConfig) -> list[
 
 
 def _candidate_row(c: Measured, folder: RunFolder, ok: bool) -> dict:
+    from trimtab._onnx_io import stored_bytes
+
     evaluation, bench = c.evaluation, c.bench
     return dict(
         name=c.artifact.name,
@@ -665,7 +667,7 @@ def _candidate_row(c: Measured, folder: RunFolder, ok: bool) -> dict:
         throughput_per_s=_finite(bench.throughput_per_s),
         latency_ms={k: _finite(v) for k, v in bench.latency_ms.items()},
         batch_size=bench.batch_size,
-        model_bytes=c.artifact.size_bytes(),  # the file's size (with its data file over 2 GB)
+        model_bytes=stored_bytes(c.path),  # the file, with its data file over 2 GB
         peak_mem_bytes=c.peak_mem_bytes,
         artifact=str(c.path.relative_to(folder.root)),
         within_budget=ok,
