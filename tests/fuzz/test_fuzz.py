@@ -107,6 +107,34 @@ def test_fuzz_onnx_loader(tmp_path_factory, data):
         assert len(model.sha256) == 64
 
 
+def _external_model() -> tuple[bytes, bytes]:
+    """The test model saved with its weights in `w.bin` beside it: (graph bytes, data bytes)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.onnx"
+        onnx.save(conv_bn_relu_model(), path, save_as_external_data=True, location="w.bin", size_threshold=0)
+        return path.read_bytes(), (Path(folder) / "w.bin").read_bytes()
+
+
+EXTERNAL_GRAPH, EXTERNAL_DATA = _external_model()
+
+
+@fuzz
+@given(graph=mutations(EXTERNAL_GRAPH), data=st.just(EXTERNAL_DATA) | mutations(EXTERNAL_DATA))
+def test_fuzz_onnx_external_data_loader(tmp_path_factory, graph, data):
+    """A model whose weights sit in a data file beside it: mutated locations, offsets and lengths in
+    the graph, a mutated or truncated data file."""
+    with scratch(tmp_path_factory) as folder:
+        (folder / "m.onnx").write_bytes(graph)
+        (folder / "w.bin").write_bytes(data)
+        try:
+            model = load_model(folder / "m.onnx")
+        except TrimtabError:
+            return
+        assert len(model.sha256) == 64
+
+
 def _image_bytes(fmt: str, mode: str) -> bytes:
     buffer = io.BytesIO()
     pixels = np.random.default_rng(0).integers(0, 256, (12, 10, 3), np.uint8)
