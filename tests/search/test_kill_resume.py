@@ -89,7 +89,7 @@ def test_a_resume_after_the_bench_keeps_its_timings_and_so_its_decision(tmp_path
 
     model = tmp_path / "chain.onnx"
     data = write_chain(model, width=32, samples=64)
-    config = trimtab.TuneConfig(**{**CONFIG, "measure_memory": True})
+    config = trimtab.TuneConfig(**CONFIG)  # peak memory's reuse: the slow real-kill test below
     run = tmp_path / "run"
     first = trimtab.tune(model, data, data, config, out=run)
     passing = [c.name for c in first.candidates if c.within_budget]
@@ -97,7 +97,6 @@ def test_a_resume_after_the_bench_keeps_its_timings_and_so_its_decision(tmp_path
     record_path = run / "state" / "bench.json"
     record = json.loads(record_path.read_text())
     assert sorted(record["results"]) == sorted(c.name for c in first.candidates)
-    assert sorted(record["peak_mem_bytes"]) == sorted(c.name for c in first.candidates)
     doctored = record["results"][other]
     doctored["throughput_per_s"] *= 100
     for key in ("ratio_to_baseline", "ratio_p10", "ratio_p90"):
@@ -108,7 +107,6 @@ def test_a_resume_after_the_bench_keeps_its_timings_and_so_its_decision(tmp_path
     resumed = trimtab.tune(model, data, data, config, out=run)
     assert resumed.chosen == other, resumed.reason
     assert resumed.candidate(other).throughput_per_s == doctored["throughput_per_s"]
-    assert [c.peak_mem_bytes for c in resumed.candidates] == [c.peak_mem_bytes for c in first.candidates]
     assert any("timings are those the interrupted run measured" in note for note in resumed.notes)
     # another batch size is another race: timed afresh
     rerun = trimtab.tune(model, data, data, trimtab.TuneConfig(**{**CONFIG, "batch_size": 4}), out=run)
@@ -139,5 +137,6 @@ def test_a_run_killed_after_its_bench_resumes_with_its_timings(tmp_path):
     resumed = trimtab.tune(model, data, data, trimtab.TuneConfig(**config), out=run)
     _assert_consistent(run)
     assert {c.name: c.throughput_per_s for c in resumed.candidates} == {n: r["throughput_per_s"] for n, r in timed.items()}
-    assert all(c.peak_mem_bytes for c in resumed.candidates)
+    assert all(c.peak_mem_bytes for c in resumed.candidates)  # measured now: the kill came before
+    assert sorted(json.loads(bench.read_text())["peak_mem_bytes"]) == sorted(timed)  # and saved with the timings
     assert any("timings are those the interrupted run measured" in note for note in resumed.notes)
