@@ -42,7 +42,9 @@ def conv_bn_relu_model(opset: int = 13, seed: int = 0):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8  # readable by older ONNX Runtime builds too (the GPU machine's 1.30)
+    return model
 
 
 @pytest.fixture

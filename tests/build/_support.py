@@ -14,6 +14,15 @@ from trimtab.calibrate.ranges import TensorRange
 from trimtab.load.model import Model
 
 
+
+IR_VERSION = 8  # what every ONNX Runtime in use reads (the GPU machine's 1.30 refuses onnx's newest default, 14)
+
+
+def make_model(graph, opset: int) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = IR_VERSION
+    return model
+
 def as_model(proto: onnx.ModelProto, name: str = "tiny") -> Model:
     proto = onnx.shape_inference.infer_shapes(proto)
     onnx.checker.check_model(proto, full_check=True)
@@ -84,7 +93,7 @@ def residual_cnn(seed: int = 0) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "residual_cnn",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return make_model(graph, 13)
 
 
 def mlp_with_mask(seed: int = 0) -> onnx.ModelProto:
@@ -104,7 +113,7 @@ def mlp_with_mask(seed: int = 0) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16]),
                                helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 4, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return make_model(graph, 13)
 
 
 def mask_feed(rng, batch: int = 2) -> np.ndarray:
@@ -123,7 +132,7 @@ def conv_transpose_model(seed: int = 0) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [_init(rng, "W", (4, 6, 3, 3)), _init(rng, "B", (6,), 0.1), _init(rng, "W2", (3, 6, 1, 1))])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return make_model(graph, 13)
 
 
 def fp16_risky_model(seed: int = 0) -> onnx.ModelProto:
@@ -150,7 +159,7 @@ def fp16_risky_model(seed: int = 0) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8]),
                                helper.make_tensor_value_info("n", TensorProto.INT64, [2])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return make_model(graph, 13)
 
 
 def tensor_names(proto: onnx.ModelProto) -> set[str]:
@@ -176,7 +185,7 @@ def swish_concat_model(seed: int = 0) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [_init(rng, "w1", (4, 3, 3, 3)), _init(rng, "b1", (4,), 0.1), _init(rng, "w2", (5, 8, 1, 1))])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return make_model(graph, 13)
 
 
 def encoder_block(seed: int = 0, dim: int = 16, hidden: int = 32) -> onnx.ModelProto:
@@ -228,7 +237,7 @@ def encoder_block(seed: int = 0, dim: int = 16, hidden: int = 32) -> onnx.ModelP
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", dim]),
                                helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, "L"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", dim])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return make_model(graph, 17)
 
 
 def encoder_feeds(rng, batch: int = 4, length: int = 6, dim: int = 16) -> dict[str, np.ndarray]:

@@ -24,6 +24,8 @@ def write_chain(path, *, layers=6, planted=3, width=32, samples=64, seed=0):
     graph = helper.make_graph(
         nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info(f"h{layers - 1}", TensorProto.FLOAT, ["N", width])], weights)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # readable by older ONNX Runtime builds too (the GPU machine's 1.30)
+    onnx.save(model, path)
     data = [Sample({"x": rng.standard_normal(width).astype(np.float32)}, source=f"s{i}") for i in range(samples)]
     return Dataset(data, name="chain-data")
