@@ -35,3 +35,34 @@ def package_version(name: str) -> str:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
+
+
+def cuda_time_ms(fn, iters: int) -> float:
+    """Mean milliseconds of `fn` over `iters` back-to-back calls, by CUDA events."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def cuda_interleaved(variants: dict, rounds: int, iters: int) -> dict[str, float]:
+    """Median over `rounds` of each variant's `cuda_time_ms`, the variants taking turns in every
+    round (after three warm-up calls each), so drifting clocks favour none of them."""
+    import statistics
+
+    import torch
+
+    for fn in variants.values():
+        for _ in range(3):
+            fn()
+    torch.cuda.synchronize()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            samples[name].append(cuda_time_ms(fn, iters))
+    return {name: float(statistics.median(v)) for name, v in samples.items()}

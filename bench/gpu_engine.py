@@ -28,30 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _support import cuda_interleaved
 
 ROUNDS, ITERS = 7, 10
 
 
-def time_ms(fn, iters: int = ITERS) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
-
-
-def interleaved(variants: dict, rounds: int = ROUNDS) -> dict[str, float]:
-    for fn in variants.values():  # warm-up
-        for _ in range(3):
-            fn()
-    torch.cuda.synchronize()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            samples[name].append(time_ms(fn))
-    return {name: float(np.median(v)) for name, v in samples.items()}
+def interleaved(variants: dict) -> dict[str, float]:
+    return cuda_interleaved(variants, rounds=ROUNDS, iters=ITERS)
 
 
 def rel(a, b) -> float:

@@ -18,35 +18,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _support import cuda_interleaved
 from trimtab.backends.gpu import lowbit
 
 SHAPES = [("qkv", 768, 2304, None), ("attn_out", 768, 768, None), ("ffn_up", 768, 3072, "gelu"), ("ffn_down", 3072, 768, None)]
-
-
-def time_ms(fn, iters: int = 20) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
-
-
-def interleaved(variants: dict, rounds: int = 9) -> dict[str, float]:
-    for fn in variants.values():
-        for _ in range(3):
-            fn()
-    torch.cuda.synchronize()
-    samples = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            samples[name].append(time_ms(fn))
-    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def sqnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -117,7 +95,7 @@ def bench_shape(name: str, k: int, n: int, act, m: int, rows: list) -> None:
         variants["int8 _int_mm (int32 out)"] = lambda: torch._int_mm(x8, w8.t())
     except Exception as exc:  # noqa: BLE001
         rows.append((name, "int8 _int_mm", "failed", repr(exc)[:120]))
-    times = interleaved(variants)
+    times = cuda_interleaved(variants, rounds=9, iters=20)
     flops = 2 * m * n * k
     for variant, ms in times.items():
         rate = "" if variant.startswith("quantize") else round(flops / ms / 1e9, 1)
