@@ -452,16 +452,13 @@ def _search(model, calibrations: dict, candidates: list[Measured], evaluator: _E
                 "why": f"{base.artifact.name} meets the budget under the {config.decision.value} rule"}
     if not config.search or config.max_evals == 0:
         return {"status": "skipped", "start": base.artifact.name, "why": "the search is turned off"}
-    if config.target != Target.ORT_CPU:
-        return {"status": "skipped", "start": base.artifact.name,
-                "why": f"the search measures fallback costs with ONNX Runtime CPU only; target is {config.target.value}"}
     began = time.monotonic()
     inputs = SearchInputs(
         model=model, base=base, fp32=candidates[0], calibration=calibrations[CalibrationMethod(base.artifact.calibration)],
         validation=setup["val"], feeds=_bench_feeds(setup["val"], config.batch_size), evaluate=evaluator,
         passes=judge, models_dir=folder.models, root=folder.root, state=state,
         base_sha=base.artifact.sha256(), budget=config.budget, threads=config.threads,
-        focus_ops=tuple(config.focus_ops))
+        focus_ops=tuple(config.focus_ops), target=config.target.value, unquantized=config.unquantized)
     run = run_search(inputs, max_evals=config.max_evals, deadline=deadline)
     if run.best_artifact is not None:
         candidates.append(Measured(artifact=run.best_artifact, path=run.best_path, evaluation=run.best_evaluation))

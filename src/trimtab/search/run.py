@@ -3,7 +3,8 @@
     rank     sensitivity groups of the base build (explain/sensitivity.py), on the worst
              validation samples, within part of the time left
     cost     per-node fallback cost, measured with ONNX Runtime's profiler on the fp32 and the
-             base int8 artifacts (search/cost.py)
+             base int8 artifacts (search/cost.py); on the gpu target, from the engine's own
+             per-layer timings of the base build (int8 kernel vs the float path, per linear layer)
     search   prefix search (search/mixed.py); each probe is built, saved under models/search/,
              evaluated on the whole validation set and recorded in state/ at once
 
@@ -49,6 +50,8 @@ class SearchInputs:
     budget: float | None = None  # points; aims the search's interpolation probes
     threads: int | None = None
     focus_ops: tuple[str, ...] = ()  # op types the ranking tries first (scenario recsys)
+    target: str = "ort-cpu"  # where the candidates run: ort-cpu, or gpu (costs from the gpu engine)
+    unquantized: Precision = Precision.FP32  # what the plans' fallback nodes and the rest run in
 
 
 @dataclass
@@ -134,6 +137,10 @@ def _costs(inputs: SearchInputs, base_sha: str) -> dict[str, float]:
     record = inputs.state.record("search-costs")
     if record and record.get("base_sha256") == base_sha:
         return {str(k): float(v) for k, v in record["costs_ms"].items()}
+    if inputs.target == "gpu":
+        costs = _gpu_costs(inputs)
+        inputs.state.save_record("search-costs", {"base_sha256": base_sha, "costs_ms": costs})
+        return costs
     times = {}
     for name, candidate in (("fp32", inputs.fp32), ("int8", inputs.base)):
         with OrtCpuBackend(str(candidate.path), threads=inputs.threads) as backend:
@@ -143,6 +150,26 @@ def _costs(inputs: SearchInputs, base_sha: str) -> dict[str, float]:
     # (search/cost.py); only the relative rates of different kinds are measured quantities.
     costs = rate_costs(fallback_costs(times["fp32"], times["int8"]), inputs.model.proto.graph)
     inputs.state.save_record("search-costs", {"base_sha256": base_sha, "costs_ms": costs})
+    return costs
+
+
+def _gpu_costs(inputs: SearchInputs) -> dict[str, float]:
+    """Node -> ms its layer adds in float, from the gpu engine's tactic timings of the base build
+    at the bench batch (its 8-bit kernel against the float path, per linear layer). Other nodes
+    cost 0: they run fake-quant in float either way. Off CUDA nothing is timed and every cost is
+    0: the groups are then ordered by accuracy gain alone."""
+    from trimtab.backends.gpu import GpuBackend
+
+    with GpuBackend(str(inputs.base.path), cache=False) as backend:
+        info = backend.build({name: value.shape for name, value in inputs.feeds.items()
+                              if name in backend.prepare().input_names})
+    costs = {}
+    for name, entry in info.notes.get("layer_precisions", {}).items():
+        times = dict(entry.get("ms", {}))
+        low = min((ms for precision, ms in times.items() if precision in ("int8", "float8_e4m3fn")), default=None)
+        high = min((ms for precision, ms in times.items() if precision not in ("int8", "float8_e4m3fn")), default=None)
+        if low is not None and high is not None:
+            costs[name] = max(high - low, 0.0)
     return costs
 
 
@@ -163,7 +190,7 @@ def _build(inputs: SearchInputs, nodes: list[str]):
     smoothing = Smoothing(inputs.calibration.channels) if base.notes.get("smoothed") else None
     artifact = build_int8(inputs.model, inputs.calibration.ranges, base.flavour, plan=_plan(inputs, nodes),
                           method_name=base.calibration, skip_tensors=set(inputs.calibration.float_tensors),
-                          smoothing=smoothing)
+                          smoothing=smoothing, unquantized=inputs.unquantized)
     if is_large(inputs.model.proto):  # give back the replaced weights' bytes (trimtab._onnx_io.compact)
         artifact.proto = compact(artifact.proto)
     return artifact

@@ -41,3 +41,27 @@ def test_tune_with_target_gpu_times_and_evaluates_every_candidate_on_the_gpu_bac
     # only the bench profile of each candidate is cached on disk; evaluation engines (one per batch
     # shape) are not
     assert len(list((tmp_path / "cache" / "gpu-engines").iterdir())) == len(summary.candidates)
+
+
+def test_with_target_gpu_the_search_runs_and_its_plans_keep_fp16_elsewhere(tmp_path, monkeypatch):
+    """A budget full int8 misses: the mixed-precision search runs on the gpu target too, its plans
+    built as int8 + fp16 (fallback nodes in fp16), costs from the engine's per-layer timings (none
+    on the CPU fallback: ordered by accuracy gain alone)."""
+    import onnx
+
+    monkeypatch.setenv("TRIMTAB_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "chain.onnx"
+    data = write_chain(path, samples=48)
+    config = trimtab.TuneConfig(task="generic", budget=0.05, methods=("minmax",), bench_seconds=0.3, target="gpu",
+                                explain=False, smoothing=False, include_fp16=False, max_evals=4)
+    summary = trimtab.tune(path, data, data, config, out=tmp_path / "run")
+    search = summary.search
+    assert search["status"] != "skipped", search
+    assert search["evaluations"] >= 1 and search["steps"]
+    state = json.loads((tmp_path / "run" / "state" / "search-costs.json").read_text())
+    assert all(cost == 0.0 for cost in state["costs_ms"].values())  # no CUDA here: nothing was timed
+    for step in search["steps"]:  # fallback nodes and everything unquantized in fp16, the rest int8
+        proto = onnx.load(tmp_path / "run" / step["artifact"])
+        assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
+        quantized = {n.name for n in proto.graph.node if n.op_type == "MatMul" and "_dequantized" in n.input[1]}
+        assert quantized == {f"fc{i}" for i in range(6)} - set(step["fallback_nodes"])
