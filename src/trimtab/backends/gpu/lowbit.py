@@ -64,8 +64,7 @@ def _triton_kernels() -> dict:
 
     from trimtab.backends.gpu import lowbit_triton as k
 
-    return {"triton": triton, "qgemm": k.qgemm_kernel, "qgemm_tma": k.qgemm_tma_kernel, "quantize": k.quantize_kernel,
-            "descriptor": k.TensorDescriptor}
+    return {"triton": triton, "qgemm": k.qgemm_kernel, "quantize": k.quantize_kernel}
 
 
 def quantize(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
@@ -83,39 +82,21 @@ def quantize(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
 
 
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
-          act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, *, tma: bool | None = None) -> torch.Tensor:
+          act: str | None, out_dtype: torch.dtype, out_scale: float | None = None) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
-    (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8.
-    `tma` picks the persistent TMA kernel (None: where the row strides allow it)."""
+    (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8."""
     if x_q.device.type != "cuda":
         return qgemm_reference(x_q, w_q, col_scale, bias, act, out_dtype, out_scale)
     kernels = _triton_kernels()
     lead, k = x_q.shape[:-1], x_q.shape[-1]
     a = x_q.reshape(-1, k)
-    if a.stride(-1) != 1 or a.stride(0) != k:
+    if a.stride(-1) != 1:
         a = a.contiguous()
     m, n = a.shape[0], w_q.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     out_q = 0 if out_scale is None else (1 if out_dtype == torch.int8 else 2)
-    scale_out = 1.0 if out_scale is None else out_scale
-    flags = dict(IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q)
-    bias_arg = bias if bias is not None else col_scale
-    if tma is None:
-        tma = tma_ok(k, n, out.element_size())
-    if tma:
-        descriptor, block = kernels["descriptor"], [1, 1]  # block shapes are set per config (pre_hook)
-        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-        grid = lambda meta: (min(sms, kernels["triton"].cdiv(m, meta["BLOCK_M"]) * kernels["triton"].cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
-        kernels["qgemm_tma"][grid](descriptor.from_tensor(a, block), descriptor.from_tensor(w_q, block),
-                                   descriptor.from_tensor(out, block), col_scale, bias_arg, m, n, k, scale_out,
-                                   NUM_SMS=sms, **flags)
-    else:
-        grid = lambda meta: (kernels["triton"].cdiv(m, meta["BLOCK_M"]) * kernels["triton"].cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, m, n, k, a.stride(0), w_q.stride(0), out.stride(0),
-                               scale_out, **flags)
+    grid = lambda meta: (kernels["triton"].cdiv(m, meta["BLOCK_M"]) * kernels["triton"].cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    kernels["qgemm"][grid](a, w_q, out, col_scale, bias if bias is not None else col_scale, m, n, k, a.stride(0),
+                           w_q.stride(0), out.stride(0), 1.0 if out_scale is None else out_scale,
+                           IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q)
     return out.reshape(*lead, n)
-
-
-def tma_ok(k: int, n: int, out_bytes: int) -> bool:
-    """TMA needs 16-byte aligned row strides (K bytes for 8-bit operands, N * element size out)."""
-    return torch.cuda.get_device_capability()[0] >= 9 and k % 16 == 0 and (n * out_bytes) % 16 == 0

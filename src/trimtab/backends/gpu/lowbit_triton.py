@@ -1,14 +1,14 @@
 """Triton kernels of `lowbit` (imported only on CUDA machines: Triton comes with CUDA PyTorch).
 
-`qgemm_kernel`: one program per output tile, pointer loads (any row stride). `qgemm_tma_kernel`:
-persistent (one program per SM walking the tiles), TMA descriptor loads, software-pipelined
-across tiles. Both share `epilogue`. `quantize_kernel`: one pass float -> int8 / fp8.
+`qgemm_kernel`: one program per output tile, pointer loads, grouped tile order, epilogue fused
+(`epilogue`). A persistent variant with TMA descriptor loads was measured slower on every BERT
+shape on an H200 (bench/results/lowbit_gemm-2026-11-26-h200.json) and removed.
+`quantize_kernel`: one pass float -> int8 / fp8.
 """
 
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
-from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401  (used by lowbit)
 
 
 @triton.jit
@@ -80,47 +80,6 @@ def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, s
     c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
     tl.store(c_ptrs, out, mask=(rows[:, None] < M) & (cols[None, :] < N))
 
-def set_blocks(nargs):
-    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
-    nargs["a_desc"].block_shape = [bm, bk]
-    nargs["b_desc"].block_shape = [bn, bk]
-    nargs["c_desc"].block_shape = [bm, bn]
-
-tma_configs = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w,
-                  pre_hook=set_blocks)
-    for bm, bn, bk, s, w in [
-        (128, 256, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 128, 4, 4), (128, 128, 128, 5, 4),
-        (128, 256, 64, 4, 8), (64, 256, 128, 4, 4), (128, 64, 128, 5, 4), (256, 128, 128, 3, 8),
-    ]
-]
-
-@triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q"])
-@triton.jit
-def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale,
-                     IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
-                     NUM_SMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # persistent: one program per SM walks the tiles; TMA loads, pipelined across tiles
-    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    for tile_id in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True):
-        pid_m, pid_n = tile_of(tile_id, num_m, num_n, GROUP_M)
-        off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
-        if IS_INT8:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(k_tiles):
-            a = a_desc.load([off_m, ki * BLOCK_K])
-            b = b_desc.load([off_n, ki * BLOCK_K])
-            if IS_INT8:
-                acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
-            else:
-                acc = tl.dot(a, b.T, acc)
-        cols = off_n + tl.arange(0, BLOCK_N)
-        out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, c_desc.dtype)
-        c_desc.store([off_m, off_n], out)
 
 @triton.jit
 def quantize_kernel(x_ptr, y_ptr, n, scale, IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
