@@ -331,3 +331,34 @@ def test_finding_npz_that_unpickles_on_load_is_an_invalid_data_error(tmp_path):
     path.write_bytes(NPZ_FINDING)
     with pytest.raises(TrimtabError, match="d.npz"):
         list(Dataset(path))
+
+
+def _zip_flagged_encrypted(data: bytes) -> bytes:
+    """The zip with bit 0 (encrypted) of every local and central header's flags set."""
+    flagged = bytearray(data)
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = flagged.find(signature)
+        while at >= 0:
+            flagged[at + flags_at] |= 1
+            at = flagged.find(signature, at + 4)
+    return bytes(flagged)
+
+
+def test_finding_npz_flagged_encrypted_is_an_invalid_data_error(tmp_path):
+    """Fuzz finding (npz loader, long run 2): one bit of a zip header marks a member encrypted, and
+    zipfile then raised a bare RuntimeError ('password required')."""
+    path = tmp_path / "d.npz"
+    path.write_bytes(_zip_flagged_encrypted(NPZ_BYTES))
+    with pytest.raises(TrimtabError, match="d.npz"):
+        list(Dataset(path))
+
+
+@pytest.mark.parametrize("content", [b"7", b"[]", b'"x"', b"null", b'{"model_sha256": 1, "ranges": 5}'])
+def test_finding_a_ranges_file_that_is_not_a_json_object_is_a_calibration_error(tmp_path, content):
+    """Fuzz finding (cache reader, long run 2): a ranges file holding valid JSON that is not an
+    object (`7`, `[]`) crashed the key check with an AttributeError."""
+    entry = _fresh_cache(tmp_path)
+    (entry / "ranges-minmax.json").write_bytes(content)
+    with pytest.raises(TrimtabError, match="ranges-minmax.json") as info:
+        calibrate(_MODEL, _DATA, "minmax", cache_dir=tmp_path)
+    assert "stale or corrupt" in str(info.value) and info.value.hint

@@ -191,11 +191,13 @@ def _cached_ranges(path: Path, model_sha256, fingerprint, method, percentile, di
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):  # a fuzz finding: `7` or `[]` parsed and crashed the key check
+            raise _stale(path, f"holds a JSON {type(data).__name__}, not an object")
         _check_keys(path, data, model_sha256, fingerprint)
         calibration = Calibration.from_json(data)
     except CalibrationError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: a list where a dict belongs
         raise _stale(path, f"cannot be read ({exc})") from exc
     if calibration.method != method or (calibration.percentile or None) != _percentile_key(method, percentile):
         raise _stale(path, f"holds method {calibration.method} (percentile {calibration.percentile})")

@@ -7,7 +7,9 @@ Arrays are always loaded with allow_pickle=False: a data file must never run cod
 
 from __future__ import annotations
 
+import lzma
 import math
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -18,6 +20,11 @@ import numpy as np
 from trimtab.errors import InvalidDataError
 
 LABELS_KEY = "labels"
+# What reading a corrupt zip can raise: zipfile's own errors, RuntimeError for a member flagged as
+# encrypted (one bit of its header: a fuzz finding), the decompressors' errors for a member that
+# claims deflate/bzip2/lzma, struct.error, and numpy's header parser (ValueError, SyntaxError).
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, SyntaxError, KeyError,
+                NotImplementedError, RuntimeError, zlib.error, lzma.LZMAError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,9 @@ def _read_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                 with archive.open(member) as stream:
                     shape, dtype = headers[member[: -len(".npy")]] = _read_header(stream)
                 _check_declared_size(path, member, shape, dtype, archive.getinfo(member).file_size)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, SyntaxError, KeyError, NotImplementedError) as error:
+    except InvalidDataError:
+        raise
+    except _READ_ERRORS as error:
         raise InvalidDataError(
             f"{path} is not a readable .npz file ({error})",
             hint="write it with numpy.savez or numpy.savez_compressed",
@@ -121,7 +130,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError, zlib.error) as error:
+    except _READ_ERRORS as error:
         raise InvalidDataError(
             f"{path} cannot be loaded ({type(error).__name__}: {error})",
             hint="the file is corrupt or not written by numpy.savez; write it again",
