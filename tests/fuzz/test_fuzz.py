@@ -345,7 +345,7 @@ def _zip_flagged_encrypted(data: bytes) -> bytes:
 
 
 def test_finding_npz_flagged_encrypted_is_an_invalid_data_error(tmp_path):
-    """Fuzz finding (npz loader, long run 2): one bit of a zip header marks a member encrypted, and
+    """Fuzz finding (npz loader, the 2-hour run): one bit of a zip header marks a member encrypted, and
     zipfile then raised a bare RuntimeError ('password required')."""
     path = tmp_path / "d.npz"
     path.write_bytes(_zip_flagged_encrypted(NPZ_BYTES))
@@ -355,7 +355,7 @@ def test_finding_npz_flagged_encrypted_is_an_invalid_data_error(tmp_path):
 
 @pytest.mark.parametrize("content", [b"7", b"[]", b'"x"', b"null", b'{"model_sha256": 1, "ranges": 5}'])
 def test_finding_a_ranges_file_that_is_not_a_json_object_is_a_calibration_error(tmp_path, content):
-    """Fuzz finding (cache reader, long run 2): a ranges file holding valid JSON that is not an
+    """Fuzz finding (cache reader, the 2-hour run): a ranges file holding valid JSON that is not an
     object (`7`, `[]`) crashed the key check with an AttributeError."""
     entry = _fresh_cache(tmp_path)
     (entry / "ranges-minmax.json").write_bytes(content)
