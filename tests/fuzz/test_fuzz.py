@@ -362,3 +362,18 @@ def test_finding_a_ranges_file_that_is_not_a_json_object_is_a_calibration_error(
     with pytest.raises(TrimtabError, match="ranges-minmax.json") as info:
         calibrate(_MODEL, _DATA, "minmax", cache_dir=tmp_path)
     assert "stale or corrupt" in str(info.value) and info.value.hint
+
+
+def test_finding_an_external_data_location_with_a_nul_byte_is_an_invalid_model_error(tmp_path):
+    """Fuzz finding (ONNX loader with external data, the 2-hour run): a location holding a NUL
+    byte made resolving the data file's path raise a bare ValueError (embedded null byte)."""
+    import onnx
+
+    model = onnx.load_from_string(EXTERNAL_GRAPH)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "w.b\0in"
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    (tmp_path / "w.bin").write_bytes(EXTERNAL_DATA)
+    with pytest.raises(TrimtabError, match="NUL byte"):
+        load_model(tmp_path / "m.onnx")

@@ -136,6 +136,11 @@ def _check_external_data(tensor, path: Path) -> None:
     folder = path.parent
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
+    if "\0" in location:  # a fuzz finding: resolving it raised a bare ValueError (embedded null byte)
+        raise InvalidModelError(
+            f"tensor '{tensor.name}' of '{path}' names its data file {location!r}, with a NUL byte",
+            hint="the file is corrupt or hostile; re-export the model",
+        )
     target = (folder / location).resolve()
     if not location or os.path.isabs(location) or not target.is_relative_to(folder.resolve()):
         raise InvalidModelError(
