@@ -364,16 +364,23 @@ def test_finding_a_ranges_file_that_is_not_a_json_object_is_a_calibration_error(
     assert "stale or corrupt" in str(info.value) and info.value.hint
 
 
-def test_finding_an_external_data_location_with_a_nul_byte_is_an_invalid_model_error(tmp_path):
-    """Fuzz finding (ONNX loader with external data, the 2-hour run): a location holding a NUL
-    byte made resolving the data file's path raise a bare ValueError (embedded null byte)."""
-    import onnx
+def _external_graph_with(old: bytes, new: bytes) -> bytes:
+    """The graph with the first `old` replaced by `new` (same length: the protobuf stays framed)."""
+    assert old in EXTERNAL_GRAPH and len(old) == len(new)
+    return EXTERNAL_GRAPH.replace(old, new, 1)
 
-    model = onnx.load_from_string(EXTERNAL_GRAPH)
-    for entry in model.graph.initializer[0].external_data:
-        if entry.key == "location":
-            entry.value = "w.b\0in"
-    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+
+@pytest.mark.parametrize("graph", [
+    _external_graph_with(b"\x05w.bin", b"\x05\x00.bin"),  # the first location: a NUL byte
+    _external_graph_with(b"\x05w.bin", b"\x05\x80.bin"),  # not UTF-8: protobuf returns bytes
+    _external_graph_with(b"B\x04bias", b"B\x04\xe2ias"),  # an initializer's name not UTF-8
+], ids=["nul-in-location", "location-not-utf8", "name-not-utf8"])
+def test_finding_external_data_entries_that_are_not_text_are_an_invalid_model_error(tmp_path, graph):
+    """Fuzz findings (ONNX loader with external data, the 2-hour run), the bytes shrunk by
+    hypothesis: a location with a NUL byte (ValueError resolving the path), a location that is not
+    UTF-8 (protobuf hands it over as bytes: TypeError), and a tensor name that is not UTF-8 (onnx's
+    external-data reader raised TypeError)."""
+    (tmp_path / "m.onnx").write_bytes(graph)
     (tmp_path / "w.bin").write_bytes(EXTERNAL_DATA)
-    with pytest.raises(TrimtabError, match="NUL byte"):
+    with pytest.raises(TrimtabError, match="m.onnx"):
         load_model(tmp_path / "m.onnx")

@@ -66,7 +66,7 @@ def read_onnx(path: str | Path):
             _check_external_data(tensor, path)
         try:
             onnx.load_external_data_for_model(proto, str(path.parent))
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, TypeError) as exc:  # TypeError: a tensor name not UTF-8 (fuzz)
             raise InvalidModelError(
                 f"the external data of '{path}' cannot be read ({type(exc).__name__}: {exc})",
                 hint="copy the model's data files next to it, as they were saved",
@@ -136,9 +136,11 @@ def _check_external_data(tensor, path: Path) -> None:
     folder = path.parent
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
-    if "\0" in location:  # a fuzz finding: resolving it raised a bare ValueError (embedded null byte)
+    # Fuzz findings: a NUL byte made resolving the path raise a bare ValueError, and a location that
+    # is not UTF-8 comes back from protobuf as bytes (TypeError joining it to the folder).
+    if not isinstance(location, str) or "\0" in location:
         raise InvalidModelError(
-            f"tensor '{tensor.name}' of '{path}' names its data file {location!r}, with a NUL byte",
+            f"tensor {tensor.name!r} of '{path}' names its data file {location!r}: not UTF-8 text without NUL bytes",
             hint="the file is corrupt or hostile; re-export the model",
         )
     target = (folder / location).resolve()
