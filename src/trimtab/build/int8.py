@@ -55,6 +55,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from trimtab._onnx_io import is_large
 from trimtab.build import qmath
 from trimtab.build._graph import (
     GraphIndex,
@@ -189,7 +190,7 @@ def build_qdq(
     params = _tensor_params(selection, ranges, spec, element)
     rewriter = _QdqRewriter(proto.graph, index, params, element)
     tensor_map = rewriter.rewrite(selection)
-    if proto.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:  # larger models are checked from a file
+    if not is_large(proto):  # larger models are checked from a file (ByteSize fails on them)
         onnx.checker.check_model(proto)
     notes = _notes(selection, flavour, rewriter)
     notes["folded_pads"] = folded_pads
@@ -222,7 +223,7 @@ def _unquantized_in_fp16(artifact: Artifact) -> Artifact:
     from trimtab.build.fp16 import build_fp16
 
     proto = artifact.proto
-    if proto.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:  # the fp16 pass reads tensor types: the Q/DQ outputs need them
+    if not is_large(proto):  # the fp16 pass reads tensor types: the Q/DQ outputs need them
         proto = onnx.shape_inference.infer_shapes(proto)
     half = build_fp16(SimpleNamespace(proto=proto))
     tensor_map = {name: half.tensor_map.get(mapped, mapped) for name, mapped in artifact.tensor_map.items()}
