@@ -173,23 +173,30 @@ def _no_tf32(net, x):
         return net(x)
 
 
-def bench_bert(work: Path, rows: list, large: int = 128, seq: int = 128) -> None:
+def bert_onnx(work: Path, seq: int = 128):
+    """(eager BertModel, its ONNX export, 16 random calibration sequences)."""
     from transformers import BertConfig, BertModel
 
+    from trimtab.data import Dataset
+    from trimtab.data.dataset import Sample
+
+    torch.manual_seed(0)
     net = BertModel(BertConfig(attn_implementation="eager"), add_pooling_layer=False).eval()
     ids = torch.randint(0, 30000, (2, seq))
     mask = torch.ones(2, seq, dtype=torch.int64)
     mask[1, seq - 16:] = 0  # the trace must see padding, or the export drops the mask path
     path = export(_Encoder(net), (ids, mask), ["input_ids", "attention_mask"], work / "bert.onnx",
                   {"input_ids": {0: "n"}, "attention_mask": {0: "n"}})
-    net = net.cuda()
-    half = __import__("copy").deepcopy(net).half()
-    from trimtab.data import Dataset
-    from trimtab.data.dataset import Sample
-
     rng = np.random.default_rng(0)
     calib = Dataset([Sample({"input_ids": rng.integers(1000, 30000, seq).astype(np.int64),
                              "attention_mask": np.ones(seq, np.int64)}, source=f"r{i}") for i in range(16)], name="rand")
+    return net, path, calib
+
+
+def bench_bert(work: Path, rows: list, large: int = 128, seq: int = 128) -> None:
+    net, path, calib = bert_onnx(work, seq)
+    net = net.cuda()
+    half = __import__("copy").deepcopy(net).half()
     for batch in (large, 1):
         ids = torch.randint(0, 30000, (batch, seq), device="cuda")
         mask = torch.ones(batch, seq, dtype=torch.int64, device="cuda")

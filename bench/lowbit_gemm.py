@@ -56,9 +56,9 @@ def bench_shape(name: str, k: int, n: int, act, m: int, rows: list) -> None:
                                   lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.float32)),
         "fp8 fp16-out": sqnr_db(lowbit.qgemm(xf, wf, colf, bias32, act, torch.float16),
                                  lowbit.qgemm_reference(xf, wf, colf, bias32, act, torch.float32)),
-        "int8 requant": float((lowbit.qgemm(x8, w8, col8, bias32, act, torch.int8, out_scale).int()
-                               - lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.int8, out_scale).int()).abs().max()),
-        "quantize int8": float((x8.int() - lowbit.quantize_reference(x, x_scale, torch.int8).int()).abs().max()),
+        "int8 requant max diff": float((lowbit.qgemm(x8, w8, col8, bias32, act, torch.int8, out_scale).int()
+                                        - lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.int8, out_scale).int()).abs().max()),
+        "quantize int8 max diff": float((x8.int() - lowbit.quantize_reference(x, x_scale, torch.int8).int()).abs().max()),
     }
 
     def fp16():
@@ -71,8 +71,14 @@ def bench_shape(name: str, k: int, n: int, act, m: int, rows: list) -> None:
         "int8 triton requant": lambda: lowbit.qgemm(x8, w8, col8, bias32, act, torch.int8, out_scale),
         "fp8 triton": lambda: lowbit.qgemm(xf, wf, colf, bias32, act, torch.float16),
         "fp8 triton requant": lambda: lowbit.qgemm(xf, wf, colf, bias32, act, lowbit.FP8, out_scale),
+        "quantize int8 exact": lambda: lowbit.quantize(x, x_scale, torch.int8, fast=False),
         "quantize int8": lambda: lowbit.quantize(x, x_scale, torch.int8),
+        "fake-quantize int8": lambda: lowbit.fake_quantize(x, x_scale, torch.int8),
     }
+    if act:
+        variants["int8 triton exact"] = lambda: lowbit.qgemm(x8, w8, col8, bias32, act, torch.float16, fast=False)
+        variants["int8 triton, no act"] = lambda: lowbit.qgemm(x8, w8, col8, bias32, None, torch.float16)
+        variants["fp16 F.linear, no act"] = lambda: F.linear(x, w, bias)
     one = torch.ones((), device="cuda")
     try:
         torch._scaled_mm(xf, wf.t(), scale_a=one, scale_b=one, bias=bias, out_dtype=torch.float16)
@@ -88,9 +94,26 @@ def bench_shape(name: str, k: int, n: int, act, m: int, rows: list) -> None:
     times = cuda_interleaved(variants, rounds=9, iters=20)
     flops = 2 * m * n * k
     for variant, ms in times.items():
-        rate = "" if variant.startswith("quantize") else round(flops / ms / 1e9, 1)
+        rate = "" if "quantize" in variant else round(flops / ms / 1e9, 1)
         rows.append((name, variant, round(ms * 1000, 1), rate, round(times["fp16 F.linear"] / ms, 2)))
     rows.append((name, "checks", json.dumps({k: round(v, 2) for k, v in checks.items()})))
+
+
+def bench_layer_norm(m: int, rows: list, n: int = 768) -> None:
+    """BERT's add + LayerNorm (+ the int8 quantizer of its output): PyTorch ops against one Triton pass."""
+    from trimtab.backends.gpu.norm_triton import layer_norm
+
+    x, z = (torch.randn(m, n, device="cuda", dtype=torch.float16) for _ in range(2))
+    w, b = torch.randn(n, device="cuda", dtype=torch.float16), torch.randn(n, device="cuda", dtype=torch.float16)
+    variants = {
+        "torch add + layer_norm": lambda: F.layer_norm(x + z, (n,), w, b, 1e-12),
+        "torch add + layer_norm + quantize": lambda: lowbit.quantize(F.layer_norm(x + z, (n,), w, b, 1e-12), 0.03, torch.int8),
+        "triton add+norm": lambda: layer_norm(x, w, b, 1e-12, residual=z),
+        "triton add+norm+quantize": lambda: layer_norm(x, w, b, 1e-12, residual=z, quant=(0.03, torch.int8)),
+    }
+    times = cuda_interleaved(variants, rounds=9, iters=20)
+    for variant, ms in times.items():
+        rows.append(("layer_norm", variant, round(ms * 1000, 1), "", round(times["torch add + layer_norm"] / ms, 2)))
 
 
 def main() -> None:
@@ -108,6 +131,7 @@ def main() -> None:
         t0 = time.perf_counter()
         bench_shape(name, k, n, act, args.tokens, rows)
         print(f"# {name} {time.perf_counter() - t0:.0f} s", flush=True)
+    bench_layer_norm(args.tokens, rows)
     kernels = lowbit._triton_kernels()
     best = {str(key): str(cfg) for key, cfg in kernels["qgemm"].cache.items()}
     lines = ["| layer | variant | us | TFLOP/s | x fp16 |", "| --- | --- | --- | --- | --- |"]
@@ -116,7 +140,7 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "lowbit_gemm.json").write_text(json.dumps({"environment": env, "rows": rows, "best_configs": best}, indent=1))
-    print(json.dumps(best, indent=0)[:6000])
+    print(json.dumps(best, indent=0)[:1500])
     print(table)
 
 

@@ -17,3 +17,25 @@ def test_nhwc_max_pool_matches_pytorch():
         x = torch.randn(shape, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         want = torch.nn.functional.max_pool2d(x, k, s, p)
         assert torch.equal(max_pool2d_nhwc(x, [k, k], [s, s], [p, p]), want)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_layer_norm_with_residual_and_8bit_copy_matches_pytorch(dtype):
+    from trimtab.backends.gpu.lowbit import quantize_reference
+    from trimtab.backends.gpu.norm_triton import layer_norm
+
+    torch.manual_seed(0)
+    for rows, n in [(4096, 768), (33, 100), (5, 1024)]:
+        x, z = (torch.randn(rows, n, device="cuda", dtype=dtype) for _ in range(2))
+        w, b = torch.randn(n, device="cuda", dtype=dtype), torch.randn(n, device="cuda", dtype=dtype)
+        want32 = torch.nn.functional.layer_norm((x + z).float(), (n,), w.float(), b.float(), 1e-12)
+        torch.testing.assert_close(layer_norm(x, w, b, 1e-12, residual=z), want32.to(dtype), rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(layer_norm(x, w, None, 1e-5).float(),
+                                   torch.nn.functional.layer_norm(x.float(), (n,), w.float(), None, 1e-5),
+                                   rtol=2e-3, atol=2e-3)
+        for element in (torch.int8, torch.float8_e4m3fn):
+            y, q = layer_norm(x, w, b, 1e-12, residual=z, quant=(0.03, element))
+            want = quantize_reference(want32, 0.03, element).float()
+            assert q.dtype == element and (q.float() - want).abs().max() <= (1 if element == torch.int8 else 32)
+            assert (q.float() != want).float().mean() < 0.01

@@ -100,3 +100,26 @@ def fuse_requant(plan: Plan) -> int:
         done += 1
     return done
 
+
+
+def fuse_norm_quant(plan: Plan) -> int:
+    index, done = _Index(plan), 0
+    for norm in plan.steps:
+        if norm.op != "trimtab.LayerNorm" or len(norm.outputs) != 1 or norm.attrs.get("quant_element"):
+            continue
+        y = norm.outputs[0]
+        readers = [r for r in index.consumers.get(y, []) if r.op == "trimtab.QLinear" and r.inputs[0] == y
+                   and y not in r.inputs[1:] and not r.attrs.get("x_quantized")]
+        scales = {(r.attrs["x_scale"], r.attrs["element"]) for r in readers}
+        if len(scales) != 1:
+            continue
+        scale, element = scales.pop()
+        copy = f"{y}__{element}"
+        plan.shapes[copy], plan.dtypes[copy] = list(plan.shapes[y]), element
+        norm.outputs.append(copy)
+        norm.attrs.update(quant_scale=scale, quant_element=element)
+        for reader in readers:
+            reader.inputs[0] = copy
+            reader.attrs["x_quantized"] = True
+        done += 1
+    return done

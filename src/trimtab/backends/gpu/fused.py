@@ -7,7 +7,9 @@
     trimtab.Attention  softmax(q k^T * scale + mask) v by F.scaled_dot_product_attention; inputs q, k
                        (or kT when attrs k_transposed), v, mask?; attrs scale (None: 1/sqrt(d))
     trimtab.LayerNorm  layer_norm(x [+ z]) over the last axes; inputs x, scale, bias?, z?; attrs
-                       axis, epsilon
+                       axis, epsilon; quant_scale + quant_element: a second output, the int8/fp8
+                       copy for 8-bit layers. On CUDA, over the last axis: one Triton pass
+                       (`norm_triton.py`)
     trimtab.FakeQuant  QuantizeLinear -> DequantizeLinear in float (the ONNX rounding, half to even);
                        inputs x, q_scale, q_zero, dq_scale, dq_zero; attrs: lo, hi, axis
     trimtab.QLinear    8-bit linear layer (`lowbit.qgemm`); inputs x (float, or already 8-bit when
@@ -124,16 +126,31 @@ def _layer_norm(node):
     rank = len(node.shapes[0])
     axis = int(node.attr("axis", -1)) % rank
     shape, eps = tuple(node.shapes[0][axis:]), float(node.attr("epsilon", 1e-5))
+    quant = None
+    if node.attr("quant_element"):  # a second output: the 8-bit copy the int8/fp8 layers read
+        quant = (float(node.attr("quant_scale")), getattr(torch, node.attr("quant_element")))
 
-    def run(x, scale, bias=None, z=None):
+    def generic(x, scale, bias=None, z=None):
         if z is not None:
             x = x + z
         scale = scale if tuple(scale.shape) == shape else scale.expand(shape)
         if bias is not None and tuple(bias.shape) != shape:
             bias = bias.expand(shape)
-        return F.layer_norm(x, shape, scale, bias, eps)
+        if quant is None:
+            return F.layer_norm(x, shape, scale, bias, eps)
+        y = F.layer_norm(x.float(), shape, scale.float(), None if bias is None else bias.float(), eps)
+        return y.to(x.dtype), lowbit.quantize_reference(y, *quant)
 
-    return run
+    if node.device != "cuda" or axis != rank - 1:
+        return generic
+    from trimtab.backends.gpu.norm_triton import layer_norm
+
+    def triton_norm(x, scale, bias=None, z=None):
+        if tuple(scale.shape) != shape or (bias is not None and tuple(bias.shape) != shape):
+            return generic(x, scale, bias, z)
+        return layer_norm(x, scale, bias, eps, residual=z, quant=quant)
+
+    return triton_norm
 
 
 @kernel("trimtab.FakeQuant")
@@ -181,8 +198,11 @@ def _qlinear(node):
         return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale))
 
     def float_path(x, w, b=None):  # the artifact's own arithmetic: fake-quant, then a float GEMM
-        x = x if x_quantized else lowbit.quantize(x, x_scale, element)
-        y = F.linear((x.float() * x_scale).to(w.dtype), w, b)
+        if x_quantized:
+            x = (x.float() * x_scale).to(w.dtype)
+        else:
+            x = lowbit.fake_quantize(x, x_scale, element).to(w.dtype)
+        y = F.linear(x, w, b)
         y = epilogue(y) if epilogue else y
         return finish(lowbit.quantize(y, out_scale, element) if out_scale is not None else y.to(out_dtype))
 

@@ -13,7 +13,9 @@ fp32 accumulators); elsewhere a float64 reference gives the same values (int8 pr
 in float64), which the CPU conformance tests use.
 
 Rounding follows ONNX QuantizeLinear: x / scale rounded half to even, saturated (int8 [-128, 127];
-fp8 e4m3fn +-448, round to nearest even by the conversion itself).
+fp8 e4m3fn +-448, round to nearest even by the conversion itself). On CUDA the default (`fast`)
+multiplies by 1 / scale and takes GELU in its tanh form on the hardware tanh (lowbit_triton.py
+says why and how far that is from the exact form); `fast=False` keeps IEEE division and erf.
 """
 
 from __future__ import annotations
@@ -67,22 +69,32 @@ def _triton_kernels() -> dict:
     return {"triton": triton, "qgemm": k.qgemm_kernel, "quantize": k.quantize_kernel}
 
 
-def quantize(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+def quantize(x: torch.Tensor, scale: float, dtype: torch.dtype, fast: bool = True) -> torch.Tensor:
     """x (float, contiguous) -> int8 or fp8 with one scale; Triton on CUDA (one pass), else torch."""
     if x.device.type != "cuda":
         return quantize_reference(x, scale, dtype)
+    return _quantize_pass(x, scale, dtype, torch.empty(x.shape, dtype=dtype, device=x.device), fast)
+
+
+def fake_quantize(x: torch.Tensor, scale: float, dtype: torch.dtype, fast: bool = True) -> torch.Tensor:
+    """dequantize(quantize(x)) in x's float type: one pass on CUDA (the float tactic's input)."""
+    if x.device.type != "cuda":
+        return (quantize_reference(x, scale, dtype).float() * scale).to(x.dtype)
+    return _quantize_pass(x, scale, dtype, torch.empty_like(x, memory_format=torch.contiguous_format), fast)
+
+
+def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out: torch.Tensor, fast: bool) -> torch.Tensor:
     k = _triton_kernels()
     x = x.contiguous()
-    out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    n = x.numel()
-    block = 4096
-    k["quantize"][(k["triton"].cdiv(n, block),)](x, out, n, scale, IS_INT8=dtype == torch.int8, BLOCK=block,
-                                                 num_warps=8)
+    n, block = x.numel(), 8192
+    k["quantize"][(k["triton"].cdiv(n, block),)](x, out, n, scale, IS_INT8=dtype == torch.int8,
+                                                 DEQUANT=out.dtype.is_floating_point and out.dtype.itemsize > 1,
+                                                 FAST=fast, BLOCK=block, num_warps=8)
     return out
 
 
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
-          act: str | None, out_dtype: torch.dtype, out_scale: float | None = None) -> torch.Tensor:
+          act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
     (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8."""
     if x_q.device.type != "cuda":
@@ -98,5 +110,6 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     grid = lambda meta: (kernels["triton"].cdiv(m, meta["BLOCK_M"]) * kernels["triton"].cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     kernels["qgemm"][grid](a, w_q, out, col_scale, bias if bias is not None else col_scale, m, n, k, a.stride(0),
                            w_q.stride(0), out.stride(0), 1.0 if out_scale is None else out_scale,
-                           IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q)
+                           IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q,
+                           FAST=fast)
     return out.reshape(*lead, n)

@@ -3,7 +3,15 @@
 `qgemm_kernel`: one program per output tile, pointer loads, grouped tile order, epilogue fused
 (`epilogue`). A persistent variant with TMA descriptor loads was measured slower on every BERT
 shape on an H200 (bench/results/lowbit_gemm-2026-11-26-h200.json) and removed.
-`quantize_kernel`: one pass float -> int8 / fp8.
+`quantize_kernel`: one pass float -> int8 / fp8 (or straight back to float: fake-quant).
+
+The epilogue is plain fp32 arithmetic on every output element, and at BERT's K = 768 it is not
+small beside the 8-bit products: an erf-GELU (a libdevice polynomial) plus an IEEE division per
+element made the FFN up-projection cost as much as one twice its size. With `FAST` the epilogue
+multiplies by the reciprocal scale (it rounds differently from x / scale only within one float
+ulp of a .5 tie) and takes GELU in its tanh form on the GPU's one-instruction `tanh.approx.f32`
+(at most ~1e-3 from erf-GELU: below the fp16 output's own rounding for |y| > 1, and a few percent
+of an int8 step).
 """
 
 import triton
@@ -12,21 +20,35 @@ from triton.language.extra import libdevice
 
 
 @triton.jit
+def fast_tanh(x):
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-             OUT_Q: tl.constexpr, out_ty: tl.constexpr):
+             OUT_Q: tl.constexpr, FAST: tl.constexpr, out_ty: tl.constexpr):
     y = acc.to(tl.float32) * tl.load(scale_ptr + cols, mask=cols < N, other=0.0)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if ACT == 1:
         y = tl.maximum(y, 0.0)
     if ACT == 2:
-        y = 0.5 * y * (1.0 + libdevice.erf(y * 0.7071067811865476))
-    if OUT_Q == 1:  # x / scale rounded as IEEE division does (ONNX QuantizeLinear), not x * (1 / scale)
-        return tl.minimum(tl.maximum(libdevice.rint(libdevice.div_rn(y, out_scale)), -128.0), 127.0).to(tl.int8)
+        if FAST:
+            y = 0.5 * y * (1.0 + fast_tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)))
+        else:
+            y = 0.5 * y * (1.0 + libdevice.erf(y * 0.7071067811865476))
+    if OUT_Q != 0:
+        if FAST:
+            y = y * (1.0 / out_scale)
+        else:  # x / scale rounded as IEEE division does (ONNX QuantizeLinear), not x * (1 / scale)
+            y = libdevice.div_rn(y, out_scale)
+    if OUT_Q == 1:
+        return tl.minimum(tl.maximum(libdevice.rint(y), -128.0), 127.0).to(tl.int8)
     elif OUT_Q == 2:
-        return tl.minimum(tl.maximum(libdevice.div_rn(y, out_scale), -448.0), 448.0).to(tl.float8e4nv)
+        return tl.minimum(tl.maximum(y, -448.0), 448.0).to(tl.float8e4nv)
     else:
         return y.to(out_ty)
+
 
 @triton.jit
 def tile_of(tile_id, num_m, num_n, GROUP_M: tl.constexpr):
@@ -36,21 +58,25 @@ def tile_of(tile_id, num_m, num_n, GROUP_M: tl.constexpr):
     size_m = min(num_m - first_m, GROUP_M)
     return first_m + (tile_id % width) % size_m, (tile_id % width) // size_m
 
-configs = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
-    for bm, bn, bk, s, w in [
-        (128, 256, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 128, 3, 4), (256, 128, 128, 3, 8),
-        (128, 256, 64, 4, 8), (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 256, 128, 4, 8),
-    ]
-]
 
-@triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q"])
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps). BLOCK_K 256 halves the K loop at K = 768 (3 steps);
+# 8 warps are two Hopper warpgroups sharing one tile.
+TILES = [
+    (128, 256, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 128, 3, 4), (256, 128, 128, 3, 8),
+    (128, 256, 64, 4, 8), (128, 128, 256, 3, 8), (128, 128, 256, 2, 4), (128, 256, 256, 2, 8),
+    (256, 128, 256, 2, 8), (128, 128, 128, 5, 4),
+]
+configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
+           for bm, bn, bk, s, w in TILES]
+
+
+@triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"])
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, out_scale,
                  IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                 EVEN_K: tl.constexpr):
+                 FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
     pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -76,18 +102,26 @@ def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, s
             acc = tl.dot(a, b, acc)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, c_ptr.dtype.element_ty)
+    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_ptr.dtype.element_ty)
     c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
     tl.store(c_ptrs, out, mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
 @triton.jit
-def quantize_kernel(x_ptr, y_ptr, n, scale, IS_INT8: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = libdevice.div_rn(tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32), scale)
+def quantize_kernel(x_ptr, y_ptr, n, scale, IS_INT8: tl.constexpr, DEQUANT: tl.constexpr, FAST: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """y = quantize(x) (8-bit), or with DEQUANT the value it stands for, in y's float type."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+    if FAST:
+        x = x * (1.0 / scale)
+    else:
+        x = libdevice.div_rn(x, scale)
     if IS_INT8:
         q = tl.minimum(tl.maximum(libdevice.rint(x), -128.0), 127.0).to(tl.int8)
     else:
         q = tl.minimum(tl.maximum(x, -448.0), 448.0).to(tl.float8e4nv)
-    tl.store(y_ptr + offs, q, mask=offs < n)
-
+    if DEQUANT:
+        tl.store(y_ptr + offs, (q.to(tl.float32) * scale).to(y_ptr.dtype.element_ty), mask=offs < n)
+    else:
+        tl.store(y_ptr + offs, q, mask=offs < n)

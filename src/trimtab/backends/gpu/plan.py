@@ -19,7 +19,7 @@ import torch
 
 from trimtab._io import atomic_write_bytes, atomic_write_json
 
-FORMAT = 2  # 2: 8-bit linear layers (trimtab.QLinear)
+FORMAT = 3  # 2: 8-bit linear layers (trimtab.QLinear); 3: LayerNorms writing 8-bit copies
 _TENSOR_ATTR = "__tensor__"
 
 
