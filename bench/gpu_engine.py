@@ -159,6 +159,7 @@ def _record_lowbit(rows, name, batch, built: dict) -> None:
                      f"{artifact_s:.1f} / {cold:.1f} / {cached:.2f}", json.dumps(notes.get("fusions")), notes.get("steps")))
         rows.append((name, batch, f"{label} layers ran", json.dumps({p: ran.count(p) for p in sorted(set(ran))}),
                      json.dumps(notes.get("runner")), None))
+        _record_choices(rows, name, batch, label, notes)
         backend.close()
 
 
@@ -298,6 +299,16 @@ def _record(rows, name, batch, times, checks, cold, cached, notes, artifact_s):
     rows.append((name, batch, "trimtab build s (fp16 artifact / cold engine / cached engine)",
                  f"{artifact_s:.1f} / {cold:.1f} / {cached:.2f}", json.dumps(notes.get("fusions")), notes.get("steps")))
     rows.append((name, batch, "trimtab fp16 runner (timed at build)", json.dumps(notes.get("runner")), None, None))
+    _record_choices(rows, name, batch, "trimtab fp16", notes)
+
+
+def _record_choices(rows, name, batch, label, notes) -> None:
+    """Which attention kernel the engine kept (Triton or SDPA), with one step's timings."""
+    choices = notes.get("kernel_choices") or {}
+    if choices:
+        ran = [v["ran"] for v in choices.values()]
+        rows.append((name, batch, f"{label} attention kernels", json.dumps({k: ran.count(k) for k in sorted(set(ran))}),
+                     json.dumps(next(iter(choices.values()))["ms"]), None))
 
 
 def environment() -> dict:

@@ -39,3 +39,27 @@ def test_layer_norm_with_residual_and_8bit_copy_matches_pytorch(dtype):
             want = quantize_reference(want32, 0.03, element).float()
             assert q.dtype == element and (q.float() - want).abs().max() <= (1 if element == torch.int8 else 32)
             assert (q.float() != want).float().mean() < 0.01
+
+
+@needs_cuda
+def test_triton_attention_matches_sdpa_on_strided_qkv_with_a_padding_mask():
+    from trimtab.backends.gpu.attention_triton import attention, supported
+    from trimtab.backends.gpu.lowbit import quantize_reference
+
+    torch.manual_seed(0)
+    for b, h, s, d in [(3, 4, 128, 64), (2, 2, 77, 32), (1, 3, 300, 128)]:
+        fused = torch.randn(b, s, 3 * h * d, device="cuda", dtype=torch.float16)  # a fused Q/K/V output
+        q, k, v = (t.reshape(b, s, h, d).transpose(1, 2) for t in fused.split(h * d, dim=-1))
+        mask = torch.zeros(b, 1, 1, s, device="cuda", dtype=torch.float16)
+        mask[-1, ..., s - 9:] = torch.finfo(torch.float16).min  # padded keys of the last sequence
+        assert supported(q, k, v, mask)
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+        got = attention(q, k, v, mask, 0.3)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(attention(q, k, v, None, None),
+                                   torch.nn.functional.scaled_dot_product_attention(q, k, v), rtol=2e-3, atol=2e-3)
+        q8 = attention(q, k, v, mask, 0.3, out_q=(0.01, torch.int8))
+        want8 = quantize_reference(want.float(), 0.01, torch.int8)
+        assert q8.dtype == torch.int8 and (q8.int() - want8.int()).abs().max() <= 1
+    assert not supported(q.float(), k.float(), v.float(), None)  # fp32 stays on SDPA (no TF32)

@@ -55,6 +55,19 @@ def test_an_ffn_up_projection_writes_int8_for_the_down_projection():
         assert readers and all(r.op == "trimtab.QLinear" and r.attrs["x_quantized"] for r in readers)
 
 
+def test_the_attention_writes_int8_for_the_output_projection():
+    artifact, feeds = _int8_encoder(unquantized="fp16")
+    got, plan, _ = _run(artifact.proto, feeds)
+    attention = [s for s in plan.steps if s.op == "trimtab.Attention"]
+    assert len(attention) == 1 and plan.notes["fusions"]["attention_quant"] == 1
+    head = attention[0]
+    assert plan.dtypes[head.outputs[0]] == head.attrs["out_element"] == "int8"
+    projection = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.attrs["x_scale"] == head.attrs["out_scale"]
+                  and plan.dtypes[s.inputs[0]] == "int8" and s.attrs["x_quantized"]]
+    assert len(projection) == 1
+    assert sqnr_db(got, reference(artifact.proto, feeds)["y"]) >= 30.0
+
+
 def test_int8_weights_survive_the_engine_cache(tmp_path):
     artifact, feeds = _int8_encoder()
     shapes = {k: v.shape for k, v in feeds.items()}

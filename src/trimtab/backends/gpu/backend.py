@@ -116,6 +116,9 @@ class GpuBackend(Backend):
         precisions = engine.layer_precisions()
         if precisions:
             engine.notes["layer_precisions"] = precisions
+        choices = engine.kernel_choices()
+        if choices:
+            engine.notes["kernel_choices"] = choices
         if self.options.cuda_graph:
             engine.capture()
             engine.keep_faster_runner()

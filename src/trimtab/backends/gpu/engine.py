@@ -160,6 +160,13 @@ class Engine:
                 for kernel, _, _, step in self._program
                 if getattr(kernel, "tactic", None) and kernel.tactic.get("chosen")}
 
+    def kernel_choices(self) -> dict[str, dict]:
+        """Per step that picks between kernels by timing (attention: Triton or SDPA): the kernel it
+        runs and the times measured (ms). Known after `warm_up`."""
+        return {step.name: {"ran": kernel.choice["chosen"], "ms": dict(kernel.choice["ms"])}
+                for kernel, _, _, step in self._program
+                if getattr(kernel, "choice", None) and kernel.choice.get("chosen")}
+
     def placeholder_inputs(self) -> dict[str, torch.Tensor]:
         return {name: torch.zeros(self.plan.shapes[name], dtype=self.plan.dtype(name), device=self.device)
                 for name in self.plan.inputs}

@@ -123,3 +123,31 @@ def fuse_norm_quant(plan: Plan) -> int:
             reader.attrs["x_quantized"] = True
         done += 1
     return done
+
+
+_VIEWS = ("Transpose", "Reshape")
+
+
+def fuse_attention_quant(plan: Plan) -> int:
+    index, done = _Index(plan), 0
+    for linear in plan.steps:
+        if linear.op != "trimtab.QLinear" or linear.attrs.get("x_quantized"):
+            continue
+        chain, name = [], linear.inputs[0]
+        step = index.producer.get(name)
+        while step is not None and step.op in _VIEWS and index.sole_consumer(name) is not None:
+            chain.append(step)
+            name = step.inputs[0]
+            step = index.producer.get(name)
+        if (step is None or step.op != "trimtab.Attention" or step.attrs.get("out_element")
+                or index.sole_consumer(name) is None or name in linear.inputs[1:]):
+            continue
+        if index.sole_consumer(linear.inputs[0]) is not linear:
+            continue
+        element = linear.attrs["element"]
+        step.attrs.update(out_scale=linear.attrs["x_scale"], out_element=element)
+        for tensor in [name] + [view.outputs[0] for view in chain]:
+            plan.dtypes[tensor] = element
+        linear.attrs["x_quantized"] = True
+        done += 1
+    return done

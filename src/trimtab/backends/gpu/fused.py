@@ -4,8 +4,11 @@
                        attrs: the ONNX Conv attributes, act, clip=[lo, hi]
     trimtab.Linear     x @ W^T + b (+ relu | gelu); inputs x, W[N, K], b?; attrs: act, split (the
                        output's last axis split into several outputs: fused Q/K/V)
-    trimtab.Attention  softmax(q k^T * scale + mask) v by F.scaled_dot_product_attention; inputs q, k
-                       (or kT when attrs k_transposed), v, mask?; attrs scale (None: 1/sqrt(d))
+    trimtab.Attention  softmax(q k^T * scale + mask) v; inputs q, k (or kT when attrs k_transposed),
+                       v, mask?; attrs scale (None: 1/sqrt(d)), out_scale + out_element (the
+                       output quantized for an 8-bit reader). F.scaled_dot_product_attention, or
+                       on CUDA the short-sequence Triton kernel (`attention_triton.py`) where
+                       timing at build finds it faster (`run.choice`, in the engine's notes)
     trimtab.LayerNorm  layer_norm(x [+ z]) over the last axes; inputs x, scale, bias?, z?; attrs
                        axis, epsilon; quant_scale + quant_element: a second output, the int8/fp8
                        copy for 8-bit layers. On CUDA, over the last axis: one Triton pass
@@ -110,14 +113,36 @@ def _fused_linear(node):
 def _attention(node):
     scale = node.attr("scale")
     k_transposed = bool(node.attr("k_transposed", False))
+    out_q = None
+    if node.attr("out_element"):  # the output is quantized for the 8-bit layer that reads it
+        out_q = (float(node.attr("out_scale")), getattr(torch, node.attr("out_element")))
 
-    def run(q, k, v, mask=None):
+    def sdpa(q, k, v, mask=None):
         if k_transposed:
             k = k.transpose(-1, -2)
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return y if out_q is None else lowbit.quantize(y, *out_q)
 
+    if node.device != "cuda":
+        return sdpa
+    from trimtab.backends.gpu import attention_triton
+
+    def triton_path(q, k, v, mask=None):
+        return attention_triton.attention(q, k.transpose(-1, -2) if k_transposed else k, v, mask, scale, out_q)
+
+    paths = {"sdpa": sdpa, "triton": triton_path}
+    state = {"chosen": None, "ms": {}}
+
+    def run(q, k, v, mask=None):
+        if state["chosen"] is None:
+            kk = k.transpose(-1, -2) if k_transposed else k
+            fits = attention_triton.supported(q, kk, v, mask)
+            state["chosen"] = _fastest(paths, (q, k, v, mask), state["ms"]) if fits else "sdpa"
+        return paths[state["chosen"]](q, k, v, mask)
+
+    run.choice = state
     return run
 
 
