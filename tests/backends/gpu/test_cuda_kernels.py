@@ -63,3 +63,28 @@ def test_triton_attention_matches_sdpa_on_strided_qkv_with_a_padding_mask():
         want8 = quantize_reference(want.float(), 0.01, torch.int8)
         assert q8.dtype == torch.int8 and (q8.int() - want8.int()).abs().max() <= 1
     assert not supported(q.float(), k.float(), v.float(), None)  # fp32 stays on SDPA (no TF32)
+
+
+@needs_cuda
+def test_the_half_precision_gemm_with_gelu_matches_cublas_then_gelu():
+    from trimtab.backends.gpu import lowbit
+
+    torch.manual_seed(0)
+    for m, n, k in [(4096, 3072, 768), (77, 200, 96)]:
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.float16) / k ** 0.5
+        b = torch.randn(n, device="cuda", dtype=torch.float16)
+        want = torch.nn.functional.gelu(torch.nn.functional.linear(x.float(), w.float(), b.float()))
+        got = lowbit.qgemm(x, w, torch.ones(n, device="cuda"), b, "gelu", torch.float16)
+        assert got.dtype == torch.float16
+        torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=3e-3)
+
+
+@needs_cuda
+def test_kernel_choices_are_timed_from_cuda_graphs():
+    from trimtab.backends.gpu.fused import _fastest
+
+    x = torch.randn(2048, 2048, device="cuda")
+    timings: dict = {}
+    chosen = _fastest({"one": lambda a: a @ a, "three": lambda a: a @ a @ a @ a}, (x,), timings)
+    assert chosen == "one" and set(timings) == {"one", "three"} and timings["three"] > 2 * timings["one"] > 0

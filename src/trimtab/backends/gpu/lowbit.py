@@ -96,7 +96,8 @@ def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out: torch
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
           act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
-    (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8."""
+    (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8 (or
+    both fp16/bf16: the fp16 engine's linear + GELU, fp32 sums; CUDA only)."""
     if x_q.device.type != "cuda":
         return qgemm_reference(x_q, w_q, col_scale, bias, act, out_dtype, out_scale)
     kernels = _triton_kernels()
