@@ -66,3 +66,30 @@ def cuda_interleaved(variants: dict, rounds: int, iters: int) -> dict[str, float
         for name, fn in variants.items():
             samples[name].append(cuda_time_ms(fn, iters))
     return {name: float(statistics.median(v)) for name, v in samples.items()}
+
+
+def cuda_graph_interleaved(variants: dict, rounds: int, iters: int) -> dict[str, float]:
+    """Like `cuda_interleaved`, but each variant's `iters` calls are captured once as a CUDA graph
+    and the graph is replayed: the GPU time alone, without Python's launch cost per call (Triton's
+    launcher takes tens of microseconds, more than a small kernel runs), as an engine running
+    from a CUDA graph sees it. Milliseconds per call, median over rounds."""
+    import statistics
+
+    import torch
+
+    for fn in variants.values():
+        for _ in range(3):
+            fn()
+    torch.cuda.synchronize()
+    graphs = {}
+    for name, fn in variants.items():
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(iters):
+                fn()
+        graphs[name] = graph
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, graph in graphs.items():
+            samples[name].append(cuda_time_ms(graph.replay, 1) / iters)
+    return {name: float(statistics.median(v)) for name, v in samples.items()}

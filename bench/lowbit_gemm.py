@@ -6,7 +6,8 @@ fp16 `F.linear` (+ GELU) as the engine's fp16 path runs it, trimtab's Triton int
 (scale + bias + activation fused; fp16 out, and int8/fp8 out re-quantized for the next layer),
 cuBLASLt fp8 `torch._scaled_mm` and int8 `torch._int_mm` for reference, and the one-pass
 activation quantizer. Correctness: each Triton result against the float64 reference of the same
-quantized operands. Timing: CUDA events, interleaved, median of rounds.
+quantized operands. Timing: each variant captured as a CUDA graph of 20 calls, graphs replayed in
+interleaved rounds, median (GPU time alone, as the engine sees it).
 
 Run: PYTHONPATH=src python bench/lowbit_gemm.py [--out DIR]
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _support import cuda_interleaved
+from _support import cuda_graph_interleaved
 from trimtab.backends.gpu import lowbit
 
 SHAPES = [("qkv", 768, 2304, None), ("attn_out", 768, 768, None), ("ffn_up", 768, 3072, "gelu"), ("ffn_down", 3072, 768, None)]
@@ -54,30 +55,34 @@ def bench_shape(name: str, k: int, n: int, act, m: int, rows: list) -> None:
     checks = {
         "int8 fp16-out": sqnr_db(lowbit.qgemm(x8, w8, col8, bias32, act, torch.float16),
                                   lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.float32)),
-        "fp8 fp16-out": sqnr_db(lowbit.qgemm(xf, wf, colf, bias32, act, torch.float16),
-                                 lowbit.qgemm_reference(xf, wf, colf, bias32, act, torch.float32)),
-        "int8 requant max diff": float((lowbit.qgemm(x8, w8, col8, bias32, act, torch.int8, out_scale).int()
-                                        - lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.int8, out_scale).int()).abs().max()),
-        "quantize int8 max diff": float((x8.int() - lowbit.quantize_reference(x, x_scale, torch.int8).int()).abs().max()),
+        "int8 tma fp16-out": sqnr_db(lowbit.qgemm(x8, w8, col8, bias32, act, torch.float16, tma=True),
+                                      lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.float32)),
+        "fp8 tma fp16-out": sqnr_db(lowbit.qgemm(xf, wf, colf, bias32, act, torch.float16, tma=True),
+                                     lowbit.qgemm_reference(xf, wf, colf, bias32, act, torch.float32)),
+        "int8 tma requant max diff": float((lowbit.qgemm(x8, w8, col8, bias32, act, torch.int8, out_scale, tma=True).int()
+                                            - lowbit.qgemm_reference(x8, w8, col8, bias32, act, torch.int8, out_scale).int()).abs().max()),
     }
 
     def fp16():
         y = F.linear(x, w, bias)
         return F.gelu(y) if act else y
 
+    # the engine's epilogue for each layer: Q/K/V and the two projections write fp16, the FFN
+    # up-projection + GELU writes 8-bit for the down-projection
+    requant = out_scale if act else None
+    out8, outf = (torch.int8, lowbit.FP8) if act else (torch.float16, torch.float16)
+    ones = torch.ones(n, device="cuda")
     variants = {
         "fp16 F.linear": fp16,
-        "int8 triton": lambda: lowbit.qgemm(x8, w8, col8, bias32, act, torch.float16),
-        "int8 triton requant": lambda: lowbit.qgemm(x8, w8, col8, bias32, act, torch.int8, out_scale),
-        "fp8 triton": lambda: lowbit.qgemm(xf, wf, colf, bias32, act, torch.float16),
-        "fp8 triton requant": lambda: lowbit.qgemm(xf, wf, colf, bias32, act, lowbit.FP8, out_scale),
-        "quantize int8 exact": lambda: lowbit.quantize(x, x_scale, torch.int8, fast=False),
+        "int8 triton": lambda: lowbit.qgemm(x8, w8, col8, bias32, act, out8, requant),
+        "int8 triton tma": lambda: lowbit.qgemm(x8, w8, col8, bias32, act, out8, requant, tma=True),
+        "fp8 triton": lambda: lowbit.qgemm(xf, wf, colf, bias32, act, outf, requant),
+        "fp8 triton tma": lambda: lowbit.qgemm(xf, wf, colf, bias32, act, outf, requant, tma=True),
         "quantize int8": lambda: lowbit.quantize(x, x_scale, torch.int8),
         "fake-quantize int8": lambda: lowbit.fake_quantize(x, x_scale, torch.int8),
     }
     if act:
-        variants["int8 triton exact"] = lambda: lowbit.qgemm(x8, w8, col8, bias32, act, torch.float16, fast=False)
-        variants["int8 triton, no act"] = lambda: lowbit.qgemm(x8, w8, col8, bias32, None, torch.float16)
+        variants["fp16 triton (GELU fused)"] = lambda: lowbit.qgemm(x, w, ones, bias, act, torch.float16)
         variants["fp16 F.linear, no act"] = lambda: F.linear(x, w, bias)
     one = torch.ones((), device="cuda")
     try:
@@ -91,7 +96,7 @@ def bench_shape(name: str, k: int, n: int, act, m: int, rows: list) -> None:
         variants["int8 _int_mm (int32 out)"] = lambda: torch._int_mm(x8, w8.t())
     except Exception as exc:  # noqa: BLE001
         rows.append((name, "int8 _int_mm", "failed", repr(exc)[:120]))
-    times = cuda_interleaved(variants, rounds=9, iters=20)
+    times = cuda_graph_interleaved(variants, rounds=9, iters=20)
     flops = 2 * m * n * k
     for variant, ms in times.items():
         rate = "" if "quantize" in variant else round(flops / ms / 1e9, 1)
@@ -111,7 +116,7 @@ def bench_layer_norm(m: int, rows: list, n: int = 768) -> None:
         "triton add+norm": lambda: layer_norm(x, w, b, 1e-12, residual=z),
         "triton add+norm+quantize": lambda: layer_norm(x, w, b, 1e-12, residual=z, quant=(0.03, torch.int8)),
     }
-    times = cuda_interleaved(variants, rounds=9, iters=20)
+    times = cuda_graph_interleaved(variants, rounds=9, iters=20)
     for variant, ms in times.items():
         rows.append(("layer_norm", variant, round(ms * 1000, 1), "", round(times["torch add + layer_norm"] / ms, 2)))
 

@@ -107,8 +107,8 @@ def test_the_qlinear_float_path_matches_its_int8_path():
 
 
 @needs_cuda
-@pytest.mark.parametrize("fast", [False, True])
-def test_lowbit_cuda_kernels_match_the_reference(fast):
+@pytest.mark.parametrize("fast,tma", [(False, False), (True, False), (True, True)])
+def test_lowbit_cuda_kernels_match_the_reference(fast, tma):
     """Exact mode: IEEE division and erf-GELU, as the float64 reference. Fast mode (the engine's):
     reciprocal scale and tanh-GELU on the hardware tanh, within ~1e-3 of erf-GELU."""
     from trimtab.backends.gpu import lowbit
@@ -123,11 +123,13 @@ def test_lowbit_cuda_kernels_match_the_reference(fast):
         exact_q = lowbit.quantize_reference(x, 0.02, torch.int8)
         assert (x_q.int() - exact_q.int()).abs().max() <= int(fast)
         assert (x_q != exact_q).float().mean() < 1e-4
-        got = lowbit.qgemm(x_q, w_q, col, bias, act, torch.float32, fast=fast)
+        use_tma = tma and lowbit.tma_ok(x_q, w_q, torch.int8)
+        assert use_tma or not tma or n % 16
+        got = lowbit.qgemm(x_q, w_q, col, bias, act, torch.float32, fast=fast, tma=use_tma)
         want = lowbit.qgemm_reference(x_q, w_q, col, bias, act, torch.float32)
         tolerance = 2e-3 if fast and act == "gelu" else 1e-4
         torch.testing.assert_close(got, want, rtol=1e-4, atol=tolerance)
-        got8 = lowbit.qgemm(x_q, w_q, col, bias, act, torch.int8, 0.05, fast=fast).int()
+        got8 = lowbit.qgemm(x_q, w_q, col, bias, act, torch.int8, 0.05, fast=fast, tma=use_tma).int()
         want8 = lowbit.qgemm_reference(x_q, w_q, col, bias, act, torch.int8, 0.05).int()
         assert (got8 - want8).abs().max() <= 1  # a tie may round the other way after fp32 sums
         assert (got8 != want8).float().mean() < (0.05 if fast and act == "gelu" else 1e-3)

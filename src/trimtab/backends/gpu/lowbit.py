@@ -66,7 +66,10 @@ def _triton_kernels() -> dict:
 
     from trimtab.backends.gpu import lowbit_triton as k
 
-    return {"triton": triton, "qgemm": k.qgemm_kernel, "quantize": k.quantize_kernel}
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return {"triton": triton, "qgemm": k.qgemm_kernel, "qgemm_tma": k.qgemm_tma_kernel, "quantize": k.quantize_kernel,
+            "descriptor": TensorDescriptor}
 
 
 def quantize(x: torch.Tensor, scale: float, dtype: torch.dtype, fast: bool = True) -> torch.Tensor:
@@ -94,23 +97,38 @@ def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out: torch
 
 
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
-          act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True) -> torch.Tensor:
+          act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True,
+          tma: bool = False) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
     (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8 (or
-    both fp16/bf16: the fp16 engine's linear + GELU, fp32 sums; CUDA only)."""
+    both fp16/bf16: the fp16 engine's linear + GELU, fp32 sums; CUDA only). `tma`: the kernel
+    whose tiles the TMA copy engine moves (Hopper; `tma_ok` says where it applies)."""
     if x_q.device.type != "cuda":
         return qgemm_reference(x_q, w_q, col_scale, bias, act, out_dtype, out_scale)
     kernels = _triton_kernels()
     lead, k = x_q.shape[:-1], x_q.shape[-1]
     a = x_q.reshape(-1, k)
-    if a.stride(-1) != 1:
+    if a.stride(-1) != 1 or (tma and a.stride(0) != k):
         a = a.contiguous()
     m, n = a.shape[0], w_q.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     out_q = 0 if out_scale is None else (1 if out_dtype == torch.int8 else 2)
-    grid = lambda meta: (kernels["triton"].cdiv(m, meta["BLOCK_M"]) * kernels["triton"].cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    kernels["qgemm"][grid](a, w_q, out, col_scale, bias if bias is not None else col_scale, m, n, k, a.stride(0),
-                           w_q.stride(0), out.stride(0), 1.0 if out_scale is None else out_scale,
-                           IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q,
-                           FAST=fast)
+    flags = dict(IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q, FAST=fast)
+    cdiv = kernels["triton"].cdiv
+    grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    bias_arg, scale_out = bias if bias is not None else col_scale, 1.0 if out_scale is None else out_scale
+    if tma:
+        desc = kernels["descriptor"].from_tensor  # block shapes are set per config (pre_hook)
+        kernels["qgemm_tma"][grid](desc(a, [1, 1]), desc(w_q.contiguous(), [1, 1]), desc(out, [1, 1]), col_scale,
+                                   bias_arg, m, n, k, scale_out, **flags)
+    else:
+        kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, m, n, k, a.stride(0), w_q.stride(0), out.stride(0),
+                               scale_out, **flags)
     return out.reshape(*lead, n)
+
+
+def tma_ok(x_q: torch.Tensor, w_q: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """TMA needs Hopper or later and 16-byte aligned rows (K elements in, N elements out)."""
+    k, n = x_q.shape[-1], w_q.shape[0]
+    return (x_q.is_cuda and torch.cuda.get_device_capability(x_q.device)[0] >= 9
+            and (k * x_q.element_size()) % 16 == 0 and (n * torch.empty((), dtype=out_dtype).element_size()) % 16 == 0)

@@ -125,3 +125,41 @@ def quantize_kernel(x_ptr, y_ptr, n, scale, IS_INT8: tl.constexpr, DEQUANT: tl.c
         tl.store(y_ptr + offs, (q.to(tl.float32) * scale).to(y_ptr.dtype.element_ty), mask=offs < n)
     else:
         tl.store(y_ptr + offs, q, mask=offs < n)
+
+
+def _tma_blocks(nargs):
+    """Block shapes of the TMA descriptors for the config being run (they depend on the tiles)."""
+    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["a_desc"].block_shape = [bm, bk]
+    nargs["b_desc"].block_shape = [bn, bk]
+    nargs["c_desc"].block_shape = [bm, bn]
+
+
+tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w,
+                             pre_hook=_tma_blocks) for bm, bn, bk, s, w in TILES]
+
+
+@triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"])
+@triton.jit
+def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale,
+                     IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
+                     FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    """`qgemm_kernel` with the tiles moved by the TMA copy engine (descriptor loads and store; out of
+    range rows and columns are zero-filled on load and dropped on store). One program per tile."""
+    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
+    if IS_INT8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for ki in range(tl.cdiv(K, BLOCK_K)):
+        a = a_desc.load([off_m, ki * BLOCK_K])
+        b = b_desc.load([off_n, ki * BLOCK_K])
+        if IS_INT8:
+            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, b.T, acc)
+    cols = off_n + tl.arange(0, BLOCK_N)
+    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_desc.dtype)
+    c_desc.store([off_m, off_n], out)
