@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# GPU kernels autotune over one tile config in tests (values are checked, not speed; bench/ tunes)
+os.environ.setdefault("TRIMTAB_QUICK_TUNE", "1")
 
 
 @pytest.fixture(autouse=True)

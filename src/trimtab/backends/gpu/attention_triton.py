@@ -20,13 +20,15 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from trimtab.backends.gpu.lowbit_triton import few_configs
+
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.autotune(configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                           for bm, bn, w, s in [(64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2),
                                                (128, 32, 4, 3)]],
-                 key=["S", "D", "HAS_MASK", "OUT_Q"])
+                 key=["S", "D", "HAS_MASK", "OUT_Q"], prune_configs_by={"early_config_prune": few_configs})
 @triton.jit
 def _attention(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, H, S, qk_scale, out_scale,
                sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, smb, smh, smq, smk, sob, soh, sos,

@@ -1,8 +1,10 @@
 """Triton kernels of `lowbit` (imported only on CUDA machines: Triton comes with CUDA PyTorch).
 
 `qgemm_kernel`: one program per output tile, pointer loads, grouped tile order, epilogue fused
-(`epilogue`). A persistent variant with TMA descriptor loads was measured slower on every BERT
-shape on an H200 (bench/results/lowbit_gemm-2026-11-26-h200.json) and removed.
+(`epilogue`). `qgemm_tma_kernel`: the same with the TMA copy engine moving the tiles, faster on
+every BERT shape on an H100 (bench/results/lowbit_gemm-2026-11-26-h100.json: 4-14%); lowbit.qgemm
+takes it wherever the rows are 16-byte aligned. (A persistent TMA variant was slower than both on
+an H200 and was removed.)
 `quantize_kernel`: one pass float -> int8 / fp8 (or straight back to float: fake-quant).
 
 The epilogue is plain fp32 arithmetic on every output element, and at BERT's K = 768 it is not
@@ -13,6 +15,8 @@ ulp of a .5 tie) and takes GELU in its tanh form on the GPU's one-instruction `t
 (at most ~1e-3 from erf-GELU: below the fp16 output's own rounding for |y| > 1, and a few percent
 of an int8 step).
 """
+
+import os
 
 import triton
 import triton.language as tl
@@ -66,11 +70,18 @@ TILES = [
     (128, 256, 64, 4, 8), (128, 128, 256, 3, 8), (128, 128, 256, 2, 4), (128, 256, 256, 2, 8),
     (256, 128, 256, 2, 8), (128, 128, 128, 5, 4),
 ]
+def few_configs(configs, named_args, **kwargs):
+    """With TRIMTAB_QUICK_TUNE=1 (the test suite) the autotuner tries only the first config: the
+    tests check values, and timing ten tile shapes per new matrix shape costs minutes there."""
+    return configs[:1] if os.environ.get("TRIMTAB_QUICK_TUNE") == "1" else configs
+
+
 configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
            for bm, bn, bk, s, w in TILES]
 
 
-@triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"])
+@triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
+                 prune_configs_by={"early_config_prune": few_configs})
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, out_scale,
@@ -135,11 +146,18 @@ def _tma_blocks(nargs):
     nargs["c_desc"].block_shape = [bm, bn]
 
 
-tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w,
+tma_def few_configs(configs, named_args, **kwargs):
+    """With TRIMTAB_QUICK_TUNE=1 (the test suite) the autotuner tries only the first config: the
+    tests check values, and timing ten tile shapes per new matrix shape costs minutes there."""
+    return configs[:1] if os.environ.get("TRIMTAB_QUICK_TUNE") == "1" else configs
+
+
+configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w,
                              pre_hook=_tma_blocks) for bm, bn, bk, s, w in TILES]
 
 
-@triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"])
+@triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
+                 prune_configs_by={"early_config_prune": few_configs})
 @triton.jit
 def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale,
                      IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
