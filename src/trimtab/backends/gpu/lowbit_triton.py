@@ -72,8 +72,17 @@ TILES = [
 ]
 def few_configs(configs, named_args, **kwargs):
     """With TRIMTAB_QUICK_TUNE=1 (the test suite) the autotuner tries only the first config: the
-    tests check values, and timing ten tile shapes per new matrix shape costs minutes there."""
+    tests check values, and timing every tile shape per new matrix shape costs minutes there."""
     return configs[:1] if os.environ.get("TRIMTAB_QUICK_TUNE") == "1" else configs
+
+
+def few_gemm_configs(configs, named_args, **kwargs):
+    """`few_configs` for the GEMMs: one small tile that fits shared memory for 16-bit operands too."""
+    if os.environ.get("TRIMTAB_QUICK_TUNE") != "1":
+        return configs
+    first = configs[0]
+    return [triton.Config({**first.kwargs, "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_stages=3, num_warps=4,
+                          pre_hook=first.pre_hook)]
 
 
 configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
@@ -81,7 +90,7 @@ configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M"
 
 
 @triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
-                 prune_configs_by={"early_config_prune": few_configs})
+                 prune_configs_by={"early_config_prune": few_gemm_configs})
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, out_scale,
@@ -146,18 +155,12 @@ def _tma_blocks(nargs):
     nargs["c_desc"].block_shape = [bm, bn]
 
 
-tma_def few_configs(configs, named_args, **kwargs):
-    """With TRIMTAB_QUICK_TUNE=1 (the test suite) the autotuner tries only the first config: the
-    tests check values, and timing ten tile shapes per new matrix shape costs minutes there."""
-    return configs[:1] if os.environ.get("TRIMTAB_QUICK_TUNE") == "1" else configs
-
-
-configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w,
+tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w,
                              pre_hook=_tma_blocks) for bm, bn, bk, s, w in TILES]
 
 
 @triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
-                 prune_configs_by={"early_config_prune": few_configs})
+                 prune_configs_by={"early_config_prune": few_gemm_configs})
 @triton.jit
 def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale,
                      IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
