@@ -58,13 +58,14 @@ def trimtab_engine(onnx_path: Path, cache_dir: Path, shapes: dict, precision: st
 
     start = time.perf_counter()
     model = load_model(onnx_path)
-    if precision.startswith("int8") or precision == "fp8":
+    if precision.startswith(("int8", "fp8")):
         from trimtab.calibrate import calibrate
 
         calibration = calibrate(model, calib, "minmax", batch_size=8, target="gpu")
         skip = set(calibration.float_tensors)
-        if precision == "fp8":
-            proto = build_fp8(model, calibration.ranges, method_name="minmax", skip_tensors=skip).proto
+        if precision.startswith("fp8"):
+            proto = build_fp8(model, calibration.ranges, method_name="minmax", skip_tensors=skip,
+                              unquantized="fp32" if precision == "fp8-fp32" else "fp16").proto
         else:
             proto = build_int8(model, calibration.ranges, "tensorrt", method_name="minmax", skip_tensors=skip,
                                unquantized="fp16" if precision == "int8-fp16" else "fp32").proto
@@ -256,19 +257,24 @@ def qdq_reference_checks(path: Path, work: Path, calib, seq: int, batch: int = 8
     feeds["attention_mask"][batch // 2:, seq - 16:] = 0
     shapes = {k: v.shape for k, v in feeds.items()}
     rows = []
-    for flavour in ("int8", "int8-fp16", "fp8"):
+    import os
+
+    for label in ("int8", "int8-fp16", "fp8", "fp8-fp32", "int8-fp16 exact", "fp8 exact"):
+        flavour, exact = label.split(" ")[0], label.endswith("exact")
+        os.environ["TRIMTAB_GPU_EXACT"] = "1" if exact else "0"  # exact: IEEE division, erf-GELU
         try:
-            backend, engine = trimtab_engine(path, work / "cache", shapes, flavour, calib)[:2]
+            backend, engine = trimtab_engine(path, work / f"cache-{'exact' if exact else 'fast'}", shapes, flavour, calib)[:2]
             got = backend.infer(feeds)[backend.output_names[0]]
             with OrtCpuBackend(backend._proto, threads=8) as ort:
                 want = ort.infer(feeds)[ort.output_names[0]]
             mask = torch.from_numpy(feeds["attention_mask"])
             cos = token_cosine(torch.from_numpy(got), torch.from_numpy(want), mask)
-            rows.append(("bert", batch, f"trimtab {flavour} vs ONNX Runtime CPU on the same Q/DQ file",
+            rows.append(("bert", batch, f"trimtab {label} vs ONNX Runtime CPU on the same Q/DQ file",
                          f"SQNR {sqnr_db(got, want):.1f} dB", f"min token cos {cos:.5f}", None))
             backend.close()
         except Exception as exc:  # noqa: BLE001  (a reference that cannot run is reported, not fatal)
-            rows.append(("bert", batch, f"trimtab {flavour} vs ONNX Runtime CPU", "failed", repr(exc)[:200], None))
+            rows.append(("bert", batch, f"trimtab {label} vs ONNX Runtime CPU", "failed", repr(exc)[:400], None))
+    os.environ.pop("TRIMTAB_GPU_EXACT", None)
     return rows
 
 

@@ -33,6 +33,7 @@ place on the conv's output.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -237,22 +238,25 @@ def _qlinear(node):
     low = str(element).removeprefix("torch.")  # the tactic's name: "int8" or "float8_e4m3fn"
     w_q, col_scale = a["w_q"].to(node.device), a["col_scale"].to(node.device)
     epilogue = _epilogue(act, None)
+    # TRIMTAB_GPU_EXACT=1: IEEE division and erf-GELU in the 8-bit kernels (lowbit says what the
+    # default fast epilogue does instead)
+    fast = os.environ.get("TRIMTAB_GPU_EXACT") != "1"
 
     def finish(y):
         return y.split(split, dim=-1) if split else y
 
     def low_path(x, w, b=None):
-        x_q = x if x_quantized else lowbit.quantize(x, x_scale, element)
-        return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale))
+        x_q = x if x_quantized else lowbit.quantize(x, x_scale, element, fast=fast)
+        return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale, fast=fast))
 
     def float_path(x, w, b=None):  # the artifact's own arithmetic: fake-quant, then a float GEMM
         if x_quantized:
             x = (x.float() * x_scale).to(w.dtype)
         else:
-            x = lowbit.fake_quantize(x, x_scale, element).to(w.dtype)
+            x = lowbit.fake_quantize(x, x_scale, element, fast=fast).to(w.dtype)
         y = F.linear(x, w, b)
         y = epilogue(y) if epilogue else y
-        return finish(lowbit.quantize(y, out_scale, element) if out_scale is not None else y.to(out_dtype))
+        return finish(lowbit.quantize(y, out_scale, element, fast=fast) if out_scale is not None else y.to(out_dtype))
 
     paths = {low: low_path}
     state = {"chosen": None, "ms": {}}
