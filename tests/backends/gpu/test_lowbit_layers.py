@@ -211,6 +211,28 @@ def test_an_fp8_cnn_matches_onnx_runtime_running_the_same_file():
     assert sqnr_db(got, reference(artifact.proto, {"x": x})["y"]) >= 30.0
 
 
+@pytest.mark.parametrize("element", ["int8", "fp8"])
+def test_with_fp16_elsewhere_a_cnn_fake_quantizes_in_fp16_without_the_casts(element):
+    """Cast(fp16 -> fp32) -> Q/DQ -> Cast(-> fp16) in front of each conv becomes one fp16 FakeQuant."""
+    from tests.build._support import residual_cnn
+    from trimtab.build import build_fp8, build_int8
+
+    x = np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    cnn = as_model(residual_cnn())
+    ranges = minmax_ranges(cnn.proto, {"x": x})
+    artifact = build_fp8(cnn, ranges) if element == "fp8" else build_int8(cnn, ranges, "tensorrt", unquantized="fp16")
+    for device in ["cpu"] + (["cuda"] if CUDA else []):
+        with GpuBackend(artifact.proto, device=device, cache=False) as backend:
+            got = backend.infer({"x": x})["y"]
+            plan = backend.engine({"x": x.shape}).plan
+        half = [s for s in plan.steps if s.op == "trimtab.FakeQuant" and s.attrs.get("half")]
+        assert half and plan.notes["fusions"]["half_fake_quant"] == len(half)
+        for fake in half:
+            assert plan.dtypes[fake.inputs[0]] == plan.dtypes[fake.outputs[0]] == "float16"
+            assert len(fake.fused) == 2
+        assert sqnr_db(got, reference(artifact.proto, {"x": x})["y"]) >= 30.0
+
+
 @needs_cuda
 @pytest.mark.parametrize("element", ["int8", "fp8"])
 def test_on_cuda_the_8bit_layers_time_their_tactic_and_agree_with_the_cpu_reference(element):

@@ -10,8 +10,9 @@
    -> Add(1) -> Mul(x) -> Mul(0.5)) and a Relu fold into its epilogue.
 5.-7. `fuse_transformer`: Q/K/V projections as one GEMM, attention as one
    scaled_dot_product_attention, fp16 LayerNorm (+ residual Add) without the Casts around it.
-8.-11. `fuse_int8`: linear layers of int8 Q/DQ artifacts as int8 GEMMs (`trimtab.QLinear`), and
-   int8 outputs where only int8 layers read them, LayerNorms and attention writing 8-bit data. (8 runs before 7, whose LayerNorm rewrite then
+8.-12. `fuse_int8`: linear layers of int8 Q/DQ artifacts as int8 GEMMs (`trimtab.QLinear`), and
+   int8 outputs where only int8 layers read them, LayerNorms and attention writing 8-bit data,
+   fake-quant in fp16 without the Casts around it. (8 runs before 7, whose LayerNorm rewrite then
    sees the int8 layers.)
 
 A node is absorbed only when the tensor between it and the step before is read by nobody else and
@@ -55,7 +56,8 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["fake_quant"] = fuse_qdq(plan)
     counts["conv"] = fuse_conv(plan)
     counts["linear"], counts["gelu"] = fuse_linear(plan, quantized or {})
-    from trimtab.backends.gpu.fuse_int8 import fuse_attention_quant, fuse_int8_linear, fuse_norm_quant, fuse_requant
+    from trimtab.backends.gpu.fuse_int8 import (fuse_attention_quant, fuse_half_fake_quant, fuse_int8_linear,
+                                                  fuse_norm_quant, fuse_requant)
     from trimtab.backends.gpu.fuse_transformer import fuse_attention, fuse_layer_norm, fuse_qkv
 
     counts["qkv"] = fuse_qkv(plan)
@@ -66,6 +68,7 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["int8_output"] = fuse_requant(plan)
     counts["norm_quant"] = fuse_norm_quant(plan)
     counts["attention_quant"] = fuse_attention_quant(plan)
+    counts["half_fake_quant"] = fuse_half_fake_quant(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)
 

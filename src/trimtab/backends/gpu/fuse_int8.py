@@ -151,3 +151,21 @@ def fuse_attention_quant(plan: Plan) -> int:
         linear.attrs["x_quantized"] = True
         done += 1
     return done
+
+
+def fuse_half_fake_quant(plan: Plan) -> int:
+    index, done = _Index(plan), 0
+    for fake in [s for s in plan.steps if s.op == "trimtab.FakeQuant"]:
+        up, down = index.producer.get(fake.inputs[0]), index.sole_consumer(fake.outputs[0])
+        if not (_float_cast(plan, up) and _float_cast(plan, down)) or index.sole_consumer(up.outputs[0]) is not fake:
+            continue
+        half = plan.dtypes[up.inputs[0]]
+        if half not in _HALF or plan.dtypes[down.outputs[0]] != half or plan.dtypes[fake.inputs[0]] != "float32":
+            continue
+        fake.inputs[0], fake.outputs = up.inputs[0], list(down.outputs)
+        fake.attrs["half"] = True
+        fake.fused += [up.name, down.name]
+        plan.steps.remove(up)
+        plan.steps.remove(down)
+        index, done = _Index(plan), done + 1
+    return done

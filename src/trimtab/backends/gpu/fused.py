@@ -16,7 +16,9 @@
                        copy for 8-bit layers. On CUDA, over the last axis: one Triton pass
                        (`norm_triton.py`)
     trimtab.FakeQuant  QuantizeLinear -> DequantizeLinear in float (the ONNX rounding, half to even);
-                       inputs x, q_scale, q_zero, dq_scale, dq_zero; attrs: lo, hi, axis
+                       inputs x, q_scale, q_zero, dq_scale, dq_zero; attrs: lo, hi, axis, element,
+                       half (reads and writes x's fp16/bf16 type: the Casts around the pair were
+                       folded in; on CUDA, per-tensor symmetric, one Triton pass)
     trimtab.QLinear    8-bit linear layer (`lowbit.qgemm`); inputs x (float, or already 8-bit when
                        x_quantized), W[N, K] float (the float tactic), b?; attrs: element (int8 or
                        float8_e4m3fn), x_scale, w_q [N, K] of that element, col_scale [N], act,
@@ -212,20 +214,28 @@ def _fake_quant(node):
         shape = axis_shape(rank, axis, q_scale.numel())
         q_scale, dq_scale = q_scale.reshape(shape), dq_scale.reshape(shape)
         q_zero, dq_zero = q_zero.reshape(shape), dq_zero.reshape(shape)
+    element = node.attr("element", "int8")
+    if (node.attr("half") and node.device == "cuda" and axis is None and _SYMMETRIC.get(element) == (lo, hi)
+            and float(q_zero) == 0 == float(dq_zero) and float(q_scale) == float(dq_scale)):
+        scale, dtype = float(q_scale), getattr(torch, element)
+        return lambda x, *_: lowbit.fake_quantize(x, scale, dtype, fast=False)  # one pass, x's type in and out
     q_scale, q_zero, dq_zero = q_scale.float(), q_zero.float(), dq_zero.float()
     out_dtype = dq_scale.dtype
-    if node.attr("element") == "float8_e4m3fn":  # saturate, then the conversion rounds to fp8
+    if element == "float8_e4m3fn":  # saturate, then the conversion rounds to fp8
         def run_fp8(x, *_):
             q = torch.clamp(x.float() / q_scale, lo, hi).to(torch.float8_e4m3fn).float()
-            return (q * dq_scale.float()).to(out_dtype)
+            return (q * dq_scale.float()).to(x.dtype if node.attr("half") else out_dtype)
 
         return run_fp8
 
     def run(x, *_):
         q = torch.clamp(torch.round(x.float() / q_scale) + q_zero, lo, hi)
-        return ((q - dq_zero) * dq_scale.float()).to(out_dtype)
+        return ((q - dq_zero) * dq_scale.float()).to(x.dtype if node.attr("half") else out_dtype)
 
     return run
+
+
+_SYMMETRIC = {"int8": (-128.0, 127.0), "float8_e4m3fn": (-448.0, 448.0)}
 
 
 @kernel("trimtab.QLinear")
