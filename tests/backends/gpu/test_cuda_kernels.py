@@ -88,3 +88,16 @@ def test_kernel_choices_are_timed_from_cuda_graphs():
     timings: dict = {}
     chosen = _fastest({"one": lambda a: a @ a, "three": lambda a: a @ a @ a @ a}, (x,), timings)
     assert chosen == "one" and set(timings) == {"one", "three"} and timings["three"] > 2 * timings["one"] > 0
+
+
+@needs_cuda
+def test_fake_quantize_keeps_a_channels_last_tensor_channels_last():
+    from trimtab.backends.gpu import lowbit
+
+    x = torch.randn(2, 16, 5, 7, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    got = lowbit.fake_quantize(x, 0.02, torch.int8, fast=False)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == x.dtype
+    want = (lowbit.quantize_reference(x, 0.02, torch.int8).float() * 0.02).half()
+    assert torch.equal(got, want)
+    q = lowbit.quantize(x, 0.02, torch.int8, fast=False)
+    assert torch.equal(q, lowbit.quantize_reference(x, 0.02, torch.int8))

@@ -76,19 +76,24 @@ def quantize(x: torch.Tensor, scale: float, dtype: torch.dtype, fast: bool = Tru
     """x (float, contiguous) -> int8 or fp8 with one scale; Triton on CUDA (one pass), else torch."""
     if x.device.type != "cuda":
         return quantize_reference(x, scale, dtype)
-    return _quantize_pass(x, scale, dtype, torch.empty(x.shape, dtype=dtype, device=x.device), fast)
+    return _quantize_pass(x, scale, dtype, dtype, fast)
 
 
 def fake_quantize(x: torch.Tensor, scale: float, dtype: torch.dtype, fast: bool = True) -> torch.Tensor:
-    """dequantize(quantize(x)) in x's float type: one pass on CUDA (the float tactic's input)."""
+    """dequantize(quantize(x)) in x's float type: one pass on CUDA (the float tactic's input, and
+    the fake-quant in front of convolutions of int8 + fp16 artifacts)."""
     if x.device.type != "cuda":
         return (quantize_reference(x, scale, dtype).float() * scale).to(x.dtype)
-    return _quantize_pass(x, scale, dtype, torch.empty_like(x, memory_format=torch.contiguous_format), fast)
+    return _quantize_pass(x, scale, dtype, x.dtype, fast)
 
 
-def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out: torch.Tensor, fast: bool) -> torch.Tensor:
+def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out_dtype: torch.dtype, fast: bool) -> torch.Tensor:
+    """One elementwise pass over x's memory as it lies: a dense channels_last tensor stays
+    channels_last (the output takes x's strides), so a convolution after it gets the layout it wants."""
     k = _triton_kernels()
-    x = x.contiguous()
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    out = torch.empty_like(x, dtype=out_dtype)  # same strides as x: the flat pass lines up
     n, block = x.numel(), 8192
     k["quantize"][(k["triton"].cdiv(n, block),)](x, out, n, scale, IS_INT8=dtype == torch.int8,
                                                  DEQUANT=out.dtype.is_floating_point and out.dtype.itemsize > 1,
