@@ -492,7 +492,7 @@ def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Pr
     candidates' sha256: a run killed after its bench resumes with the same timings, hence the same
     decision, instead of a new speed race between near-equal candidates. Returns True when they
     were reused."""
-    from trimtab.measure import BenchResult, peak_memory_bytes
+    from trimtab.measure import BenchResult
 
     key = {"candidates": [[c.artifact.name, c.sha256 or c.artifact.sha256()] for c in candidates],
            "batch_size": config.batch_size, "threads": config.threads, "hurry": hurry}
@@ -511,14 +511,29 @@ def _bench_all(candidates: list[Measured], val, config: TuneConfig, progress: Pr
     feeds = _bench_feeds(val, config.batch_size)
     for candidate in candidates:
         candidate.bench = results[candidate.artifact.name]
-        if config.measure_memory and config.target == Target.ORT_CPU and not hurry:  # an ONNX Runtime CPU figure
-            if candidate.artifact.name not in memory:
-                memory[candidate.artifact.name] = peak_memory_bytes(candidate.path, feeds, threads=config.threads)
-            candidate.peak_mem_bytes = memory[candidate.artifact.name]
+        if config.measure_memory and not hurry and candidate.artifact.name not in memory:
+            peak = _peak_memory(candidate, feeds, config)
+            if peak is not None:
+                memory[candidate.artifact.name] = peak
+        candidate.peak_mem_bytes = memory.get(candidate.artifact.name)
     if state is not None and memory:
         state.save_record("bench", {"key": key, "results": {n: r.to_dict() for n, r in results.items()},
                                     "peak_mem_bytes": memory})
     return reused
+
+
+def _peak_memory(candidate: Measured, feeds: dict, config: TuneConfig) -> int | None:
+    """ort-cpu: the resident memory an ONNX Runtime process gains running the candidate (a fresh
+    process); gpu: the GPU memory its engine allocates (None on the CPU fallback); else None."""
+    if config.target == Target.ORT_CPU:
+        from trimtab.measure import peak_memory_bytes
+
+        return peak_memory_bytes(candidate.path, feeds, threads=config.threads)
+    if config.target == Target.GPU:
+        from trimtab.backends.gpu.backend import device_peak_bytes
+
+        return device_peak_bytes(str(candidate.path), feeds)
+    return None
 
 
 def _time_candidates(candidates: list[Measured], val, config: TuneConfig, progress: Progress | None,

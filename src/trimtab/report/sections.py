@@ -94,6 +94,8 @@ CANDIDATE_HEADERS = ("candidate", "precision", "{metric}", "drop (points)", "95%
 
 def candidates(summary: Summary) -> str:
     headers = [h.format(metric=summary.metric) for h in CANDIDATE_HEADERS]
+    if (summary.target or {}).get("backend") == "gpu":  # the engine's GPU allocations, not a process's RSS
+        headers[CANDIDATE_HEADERS.index("peak mem MB")] = "peak GPU mem MB"
     rows = [_candidate_cells(c) for c in summary.candidates]
     if not any(c.fallback_nodes for c in summary.candidates):  # no mixed plan: drop the empty column
         column = CANDIDATE_HEADERS.index("fallback nodes")

@@ -10,7 +10,8 @@ import pytest
 import trimtab
 from tests.search._chain import write_chain
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
+CUDA = torch.cuda.is_available()
 
 
 def test_tune_with_target_gpu_times_and_evaluates_every_candidate_on_the_gpu_backend(tmp_path, monkeypatch):
@@ -29,7 +30,10 @@ def test_tune_with_target_gpu_times_and_evaluates_every_candidate_on_the_gpu_bac
     assert names[:3] == ["fp32", "fp16", "int8-minmax-tensorrt-fp16"]
     for candidate in summary.candidates:
         assert candidate.throughput_per_s > 0 and candidate.latency_ms["p50"] > 0, candidate.name
-        assert candidate.peak_mem_bytes is None  # the memory probe is ONNX Runtime's; not this target's
+        if CUDA:  # the engine's own GPU allocations: at least its weights
+            assert candidate.peak_mem_bytes and candidate.peak_mem_bytes >= candidate.model_bytes // 8, candidate.name
+        else:  # the CPU fallback has no device memory to report
+            assert candidate.peak_mem_bytes is None
     assert summary.candidate("fp32").metric_drop == 0.0
     assert 0.0 < summary.candidate("int8-minmax-tensorrt-fp16").metric_drop < 50.0  # real int8 rounding
     int8 = summary.candidate("int8-minmax-tensorrt-fp16")
@@ -38,6 +42,7 @@ def test_tune_with_target_gpu_times_and_evaluates_every_candidate_on_the_gpu_bac
     assert summary.candidate("fp16").layer_precisions == {}
     report = (tmp_path / "run" / "report.html").read_text()
     assert "Precision each layer ran in" in report and "int8: " in report
+    assert "peak GPU mem MB" in report
     # only the bench profile of each candidate is cached on disk; evaluation engines (one per batch
     # shape) are not
     assert len(list((tmp_path / "cache" / "gpu-engines").iterdir())) == len(summary.candidates)
@@ -65,3 +70,23 @@ def test_with_target_gpu_the_search_runs_and_its_plans_keep_fp16_elsewhere(tmp_p
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
         quantized = {n.name for n in proto.graph.node if n.op_type == "MatMul" and "_dequantized" in n.input[1]}
         assert quantized == {f"fc{i}" for i in range(6)} - set(step["fallback_nodes"])
+
+
+def test_device_peak_bytes_is_none_without_cuda_and_covers_the_weights_with_it(tmp_path):
+    import numpy as np
+
+    from trimtab.backends.gpu.backend import device_peak_bytes
+
+    path = tmp_path / "chain.onnx"
+    write_chain(path, samples=4)
+    import onnx
+
+    proto = onnx.load(str(path))
+    weights = sum(np.prod(t.dims) * 4 for t in proto.graph.initializer)
+    x = proto.graph.input[0]
+    shape = [d.dim_value or 2 for d in x.type.tensor_type.shape.dim]
+    peak = device_peak_bytes(str(path), {x.name: np.ones(shape, np.float32)})
+    if CUDA:
+        assert peak is not None and peak >= weights
+    else:
+        assert peak is None

@@ -210,3 +210,23 @@ def _to_numpy(value) -> np.ndarray:
     if value.dtype == torch.bfloat16:
         value = value.float()
     return value.detach().to("cpu").numpy().copy()
+
+
+def device_peak_bytes(model, feeds: dict[str, np.ndarray], **options) -> int | None:
+    """GPU memory one engine needs for `feeds`, measured alone: the high-water mark of PyTorch's
+    CUDA allocator over building the engine (from the cache when present) and running it once,
+    minus what was allocated before: weights, activations, the CUDA graph's pool and workspaces.
+    None without CUDA (the CPU fallback has no device memory to report)."""
+    torch = _import_torch()
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with GpuBackend(model, device="cuda", **options) as backend:
+        backend.infer(feeds)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    torch.cuda.empty_cache()
+    return max(0, peak - before)
