@@ -64,7 +64,11 @@ def test_with_target_gpu_the_search_runs_and_its_plans_keep_fp16_elsewhere(tmp_p
     assert search["status"] != "skipped", search
     assert search["evaluations"] >= 1 and search["steps"]
     state = json.loads((tmp_path / "run" / "state" / "search-costs.json").read_text())
-    assert all(cost == 0.0 for cost in state["costs_ms"].values())  # no CUDA here: nothing was timed
+    costs = list(state["costs_ms"].values())
+    if CUDA:  # from the engine's per-layer tactic timings (seen on an H100)
+        assert costs and any(cost != 0.0 for cost in costs)
+    else:  # the CPU fallback times nothing
+        assert all(cost == 0.0 for cost in costs)
     for step in search["steps"]:  # fallback nodes and everything unquantized in fp16, the rest int8
         proto = onnx.load(tmp_path / "run" / step["artifact"])
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
