@@ -32,6 +32,7 @@ class TuneConfig:
     target: Target = Target.ORT_CPU
     methods: tuple[CalibrationMethod, ...] = tuple(CalibrationMethod)
     include_fp16: bool = True
+    include_fp8: bool | None = None  # gpu target: an fp8 candidate (None: where the GPU has fp8 tensor cores)
     smoothing: bool = True  # offer a SmoothQuant-style int8 candidate where MatMul inputs have outliers
     batch_size: int = 8  # benchmark batch
     eval_batch_size: int = 16
@@ -69,6 +70,22 @@ class TuneConfig:
         object.__setattr__(self, "methods", tuple(CalibrationMethod(m) for m in self.methods))
         if self.task is not None:
             object.__setattr__(self, "task", Task(self.task))
+        if self.include_fp8 and self.target != Target.GPU:
+            raise ValueError("fp8 candidates need target gpu (ONNX Runtime CPU only emulates fp8 Q/DQ: never faster)")
+
+    @property
+    def fp8(self) -> bool:
+        """Whether an fp8 candidate is built: as asked, else on the gpu target where the GPU has fp8
+        tensor cores (compute capability 8.9 and later: Ada, Hopper)."""
+        if self.include_fp8 is not None:
+            return self.include_fp8
+        if self.target != Target.GPU:
+            return False
+        try:
+            import torch
+        except ImportError:
+            return False
+        return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
     @property
     def flavour(self) -> Int8Flavour:
@@ -329,6 +346,14 @@ def _build_all(model, calibrations: dict, config: TuneConfig, folder: RunFolder)
         skip = set(calibration.float_tensors)
         artifacts.append(build_int8(model, calibration.ranges, config.flavour, method_name=method.value, skip_tensors=skip,
                                     unquantized=config.unquantized))
+        artifacts[-1].proto = done(artifacts[-1].proto)
+    if config.fp8 and calibrations:  # one fp8 candidate: amax ranges (fp8 has the range to spare), else the first
+        from trimtab.build import build_fp8
+
+        method = CalibrationMethod.MINMAX if CalibrationMethod.MINMAX in calibrations else next(iter(calibrations))
+        calibration = calibrations[method]
+        artifacts.append(build_fp8(model, calibration.ranges, method_name=method.value,
+                                   skip_tensors=set(calibration.float_tensors), unquantized=config.unquantized))
         artifacts[-1].proto = done(artifacts[-1].proto)
     smoothed = _smoothed_candidate(model, calibrations, config)
     if smoothed is not None:

@@ -227,6 +227,8 @@ def tune(
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: all cores)."),
     bench_seconds: float = typer.Option(20.0, help="Total interleaved timing time."),
     smoothing: bool = typer.Option(True, help="Offer a SmoothQuant-style int8 candidate (transformers)."),
+    fp8: Optional[bool] = typer.Option(None, "--fp8/--no-fp8", help="--target gpu: an fp8 candidate (default: where "
+                                       "the GPU has fp8 tensor cores, Ada/Hopper and later)."),
     search: bool = typer.Option(True, help="Search a mixed plan when full int8 misses the budget."),
     max_evals: int = typer.Option(8, help="Full evaluations the mixed-precision search may spend."),
     time_limit: Optional[float] = typer.Option(None, help="Seconds for the whole run; the search stops in time."),
@@ -240,7 +242,7 @@ def tune(
     _run_tune(model, calib, val, out=out, preset=preset, progress=progress, verbose=verbose, budget=budget,
               task=task, metric=metric, target=target, methods=method, batch_size=batch_size, threads=threads,
               bench_seconds=bench_seconds, decision=decision, scenario=scenario, search=search, smoothing=smoothing,
-              max_evals=max_evals, time_limit_s=time_limit)
+              max_evals=max_evals, time_limit_s=time_limit, include_fp8=fp8)
 
 
 @app.command()

@@ -94,3 +94,30 @@ def test_device_peak_bytes_is_none_without_cuda_and_covers_the_weights_with_it(t
         assert peak is not None and peak >= weights
     else:
         assert peak is None
+
+
+def test_tune_with_target_gpu_builds_an_fp8_candidate_when_asked(tmp_path, monkeypatch):
+    """fp8 (float8e4m3fn Q/DQ, fp16 elsewhere) runs through the same pipeline as int8: evaluated,
+    timed, its layers run as fp8 GEMMs (the float64 reference of the fp8 products off CUDA)."""
+    monkeypatch.setenv("TRIMTAB_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "chain.onnx"
+    data = write_chain(path, samples=32)
+    config = trimtab.TuneConfig(task="generic", budget=50.0, methods=("minmax",), bench_seconds=0.3, target="gpu",
+                                explain=False, smoothing=False, include_fp8=True)
+    assert config.fp8
+    summary = trimtab.tune(path, data, data, config, out=tmp_path / "run")
+    fp8 = summary.candidate("fp8-minmax-tensorrt-fp16")
+    assert fp8.precision == "fp8" and fp8.throughput_per_s > 0
+    assert 0.0 < fp8.metric_drop < 50.0  # real fp8 rounding, within this generous budget
+    assert fp8.layer_precisions and set(fp8.layer_precisions.values()) <= {"float8_e4m3fn", "float16"}
+    assert (tmp_path / "run" / "models" / "fp8-minmax-tensorrt-fp16.onnx").is_file()
+
+
+def test_fp8_candidates_are_off_by_default_without_fp8_tensor_cores_and_refused_off_the_gpu_target():
+    auto = trimtab.TuneConfig(target="gpu")
+    has_fp8 = CUDA and torch.cuda.get_device_capability() >= (8, 9)
+    assert auto.fp8 == has_fp8
+    assert not trimtab.TuneConfig(target="gpu", include_fp8=False).fp8
+    assert not trimtab.TuneConfig().fp8
+    with pytest.raises(ValueError, match="fp8 candidates need target gpu"):
+        trimtab.TuneConfig(include_fp8=True)
