@@ -252,3 +252,17 @@ def test_on_cuda_the_8bit_layers_time_their_tactic_and_agree_with_the_cpu_refere
     assert sum(s.op == "trimtab.QLinear" for s in plan.steps) == 4
     assert all(len(v["ms"]) == 2 for v in notes["layer_precisions"].values())
     assert sqnr_db(got, want) >= 30.0
+
+
+def test_a_kernel_choice_that_cannot_run_is_left_out_and_all_failing_raises(caplog):
+    """A GPU without fp8 tensor cores (say) cannot build the fp8 kernel: the float path is timed alone."""
+    from trimtab.backends.gpu.fused import _runnable
+
+    calls = []
+    paths = {"float8_e4m3fn": lambda x: 1 / 0, "float16": lambda x: calls.append(x)}
+    with caplog.at_level("WARNING"):
+        kept = _runnable(paths, (3,))
+    assert list(kept) == ["float16"] and calls == [3, 3]  # warmed up twice
+    assert "float8_e4m3fn" in caplog.text and "ZeroDivisionError" in caplog.text
+    with pytest.raises(ZeroDivisionError):
+        _runnable({"a": lambda: 1 / 0, "b": lambda: 1 / 0}, ())

@@ -282,15 +282,14 @@ def _qlinear(node):
 
 
 def _fastest(paths: dict, args: tuple, timings: dict, rounds: int = 7, calls: int = 5) -> str:
-    """The path that runs `args` fastest on the GPU: two warm-up calls each (Triton picks its tiles),
-    then each path captured as a CUDA graph of `calls` back-to-back calls, and `rounds` rounds that
-    replay every graph once, in turn, so a clock still ramping up favours none of them. The graph
+    """The path that runs `args` fastest on the GPU: two warm-up calls each (Triton picks its tiles;
+    a path that fails is left out: `_runnable`), then each path captured as a CUDA graph of
+    `calls` back-to-back calls, and `rounds` rounds that replay every graph once, in turn, so a
+    clock still ramping up favours none of them. The graph
     times the GPU work alone, as the engine's graph runner sees it: one plainly timed call also
     timed the Python launch of a Triton kernel (tens of us, more than a small GEMM takes). The
     best time per call of each path goes into `timings` (ms)."""
-    for path in paths.values():
-        for _ in range(2):
-            path(*args)
+    paths = _runnable(paths, args)
     torch.cuda.synchronize()
     replays = {name: _captured(path, args, calls) for name, path in paths.items()}
     best = {name: float("inf") for name in paths}
@@ -304,6 +303,25 @@ def _fastest(paths: dict, args: tuple, timings: dict, rounds: int = 7, calls: in
             best[name] = min(best[name], start.elapsed_time(end) / calls)
     timings.update({name: round(ms, 4) for name, ms in best.items()})
     return min(best, key=best.get)
+
+
+def _runnable(paths: dict, args: tuple) -> dict:
+    """The paths that run `args`, each called twice (Triton compiles and tunes on the first calls).
+    One that raises, a kernel this GPU cannot build (fp8 before compute capability 8.9, say), is
+    left out with a warning; when none runs, the last error is raised."""
+    kept, error = {}, None
+    for name, path in paths.items():
+        try:
+            for _ in range(2):
+                path(*args)
+        except Exception as exc:  # noqa: BLE001  (any failure of one candidate kernel; the others decide)
+            log.warning("kernel choice %r cannot run here (%s: %s); the others are timed", name, type(exc).__name__, exc)
+            error = exc
+            continue
+        kept[name] = path
+    if not kept:
+        raise error
+    return kept
 
 
 def _captured(path, args: tuple, calls: int):
