@@ -266,3 +266,15 @@ def test_a_kernel_choice_that_cannot_run_is_left_out_and_all_failing_raises(capl
     assert "float8_e4m3fn" in caplog.text and "ZeroDivisionError" in caplog.text
     with pytest.raises(ZeroDivisionError):
         _runnable({"a": lambda: 1 / 0, "b": lambda: 1 / 0}, ())
+
+
+def test_a_kernel_choice_is_made_once_on_the_first_call_and_only_where_the_input_fits(monkeypatch):
+    from trimtab.backends.gpu import fused
+
+    timed = []
+    monkeypatch.setattr(fused, "_fastest", lambda paths, args, ms: timed.append(args) or ms.update(b=1.0) or "b")
+    run = fused._chosen_on_first_call({"a": lambda x: ("a", x), "b": lambda x: ("b", x)})
+    assert run(1) == ("b", 1) and run(2) == ("b", 2) and timed == [(1,)]
+    assert run.choice == {"chosen": "b", "ms": {"b": 1.0}}
+    unfit = fused._chosen_on_first_call({"a": lambda x: ("a", x), "b": lambda x: ("b", x)}, fits=lambda x: False)
+    assert unfit(3) == ("a", 3) and timed == [(1,)]

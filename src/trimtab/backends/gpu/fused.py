@@ -123,16 +123,7 @@ def _fused_linear(node):
     def fused(x, w, b=None):
         return lowbit.qgemm(x, w, ones, b, "gelu", x.dtype)
 
-    paths = {"cublas": run, "triton": fused}
-    state = {"chosen": None, "ms": {}}
-
-    def choose(x, w, b=None):
-        if state["chosen"] is None:
-            state["chosen"] = _fastest(paths, (x, w, b), state["ms"])
-        return paths[state["chosen"]](x, w, b)
-
-    choose.choice = state
-    return choose
+    return _chosen_on_first_call({"cublas": run, "triton": fused})
 
 
 @kernel("trimtab.Attention")
@@ -158,18 +149,10 @@ def _attention(node):
     def triton_path(q, k, v, mask=None):
         return attention_triton.attention(q, k.transpose(-1, -2) if k_transposed else k, v, mask, scale, out_q)
 
-    paths = {"sdpa": sdpa, "triton": triton_path}
-    state = {"chosen": None, "ms": {}}
+    def fits(q, k, v, mask=None):
+        return attention_triton.supported(q, k.transpose(-1, -2) if k_transposed else k, v, mask)
 
-    def run(q, k, v, mask=None):
-        if state["chosen"] is None:
-            kk = k.transpose(-1, -2) if k_transposed else k
-            fits = attention_triton.supported(q, kk, v, mask)
-            state["chosen"] = _fastest(paths, (q, k, v, mask), state["ms"]) if fits else "sdpa"
-        return paths[state["chosen"]](q, k, v, mask)
-
-    run.choice = state
-    return run
+    return _chosen_on_first_call({"sdpa": sdpa, "triton": triton_path}, fits)
 
 
 @kernel("trimtab.LayerNorm")
@@ -278,6 +261,21 @@ def _qlinear(node):
         return paths[state["chosen"]](x, w, b)
 
     run.tactic = state
+    return run
+
+
+def _chosen_on_first_call(paths: dict, fits=None):
+    """A kernel that, on its first call, times `paths` (`_fastest`) and keeps the fastest; where
+    `fits(*args)` is false only the first path is used. Its `choice` attribute ({"chosen", "ms"})
+    goes into the engine's notes (`Engine.kernel_choices`)."""
+    state = {"chosen": None, "ms": {}}
+
+    def run(*args):
+        if state["chosen"] is None:
+            state["chosen"] = _fastest(paths, args, state["ms"]) if fits is None or fits(*args) else next(iter(paths))
+        return paths[state["chosen"]](*args)
+
+    run.choice = state
     return run
 
 
