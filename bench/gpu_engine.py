@@ -195,7 +195,7 @@ def bert_onnx(work: Path, seq: int = 128):
     return net, path, calib
 
 
-def bench_bert(work: Path, rows: list, large: int = 128, seq: int = 128) -> None:
+def bench_bert(work: Path, rows: list, large: int = 128, seq: int = 128, references=None) -> None:
     net, path, calib = bert_onnx(work, seq)
     net = net.cuda()
     half = __import__("copy").deepcopy(net).half()
@@ -241,11 +241,14 @@ def bench_bert(work: Path, rows: list, large: int = 128, seq: int = 128) -> None
                 {name: v["ms"] for name, v in list(built[4].get("layer_precisions", {}).items())[:8]})[:900], None, None))
         _record_lowbit(rows, "bert", batch, lowbit)
         if batch == large:
-            rows += qdq_reference_checks(path, work, calib, seq)
+            rows += qdq_reference_checks(path, work, calib, seq, labels=REFERENCE_LABELS if references is None else references)
         backend.close()
 
 
-def qdq_reference_checks(path: Path, work: Path, calib, seq: int, batch: int = 8) -> list:
+REFERENCE_LABELS = ("int8", "int8-fp16", "fp8", "fp8-fp32", "int8-fp16 exact", "fp8 exact")
+
+
+def qdq_reference_checks(path: Path, work: Path, calib, seq: int, batch: int = 8, labels=REFERENCE_LABELS) -> list:
     """The issue's int8 check at a small batch: trimtab's int8 engines (real int8 GEMMs) against
     ONNX Runtime CPU running the same Q/DQ file: output SQNR (dB) and the smallest token cosine."""
     from trimtab.backends.ort_cpu import OrtCpuBackend
@@ -259,7 +262,7 @@ def qdq_reference_checks(path: Path, work: Path, calib, seq: int, batch: int = 8
     rows = []
     import os
 
-    for label in ("int8", "int8-fp16", "fp8", "fp8-fp32", "int8-fp16 exact", "fp8 exact"):
+    for label in labels:
         flavour, exact = label.split(" ")[0], label.endswith("exact")
         os.environ["TRIMTAB_GPU_EXACT"] = "1" if exact else "0"  # exact: IEEE division, erf-GELU
         try:
@@ -331,6 +334,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--models", default="resnet50,bert,effnet")
     parser.add_argument("--effnet", type=Path, default=None, help="EfficientNet-Lite0 ONNX file (trimtab example cache)")
+    parser.add_argument("--references", default=",".join(REFERENCE_LABELS),
+                        help="BERT engines checked against ONNX Runtime CPU (comma-separated, or 'none'): "
+                             "ONNX Runtime runs fp8 Q/DQ files slowly, so the full set takes minutes")
     args = parser.parse_args()
     rows: list = []
     env = environment()
@@ -343,7 +349,7 @@ def main() -> None:
                 if model == "resnet50":
                     bench_resnet(work, rows)
                 elif model == "bert":
-                    bench_bert(work, rows)
+                    bench_bert(work, rows, references=[r for r in args.references.split(",") if r in REFERENCE_LABELS])
                 elif model == "effnet" and args.effnet and args.effnet.is_file():
                     bench_cnn("effnet-lite0", None, args.effnet, work, rows, 256)
             except Exception as exc:  # one model's failure must not lose the others' numbers

@@ -59,6 +59,10 @@ def test_triton_attention_matches_sdpa_on_strided_qkv_with_a_padding_mask():
         torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
         torch.testing.assert_close(attention(q, k, v, None, None),
                                    torch.nn.functional.scaled_dot_product_attention(q, k, v), rtol=2e-3, atol=2e-3)
+        per_query = torch.randn(b, h, s, s, device="cuda", dtype=torch.float16)  # a bias for every (query, key)
+        torch.testing.assert_close(attention(q, k, v, per_query, 0.3),
+                                   torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=per_query,
+                                                                                    scale=0.3), rtol=2e-3, atol=2e-3)
         q8 = attention(q, k, v, mask, 0.3, out_q=(0.01, torch.int8))
         want8 = quantize_reference(want.float(), 0.01, torch.int8)
         assert q8.dtype == torch.int8 and (q8.int() - want8.int()).abs().max() <= 1

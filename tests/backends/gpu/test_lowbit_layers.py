@@ -137,6 +137,55 @@ def test_lowbit_cuda_kernels_match_the_reference(fast, tma):
         assert fake.dtype == x.dtype and torch.equal(fake, (x_q.float() * 0.02).half())
 
 
+@needs_cuda
+@pytest.mark.parametrize("out_dtype", ["float16", "int8"])
+def test_the_persistent_tma_schedule_gives_the_same_values_as_one_program_per_tile(out_dtype):
+    """The autotuner may pick either schedule per shape: both must write the same numbers (same
+    integer sums, same epilogue), with fewer and with more tiles than the GPU has SMs, and with
+    rows and columns that end mid-tile."""
+    import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from trimtab.backends.gpu import lowbit, lowbit_triton
+
+    torch.manual_seed(0)
+    out_dtype = getattr(torch, out_dtype)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for m, n, k in [(300, 80, 96), (4100, 784, 768)]:  # rows 16-byte aligned, as TMA needs
+        x_q = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
+        w_q = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+        col, bias = torch.rand(n, device="cuda") * 1e-5, torch.randn(n, device="cuda")  # outputs of a few units
+        outs = []
+        for persistent in (False, True):
+            out = torch.empty((m, n), dtype=out_dtype, device="cuda")
+            tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
+            lowbit_triton.qgemm_tma_kernel.fn[(min(sms, tiles) if persistent else tiles,)](
+                TensorDescriptor.from_tensor(x_q, [128, 64]), TensorDescriptor.from_tensor(w_q, [128, 64]),
+                TensorDescriptor.from_tensor(out, [128, 128]), col, bias, m, n, k, 0.05, IS_INT8=True, HAS_BIAS=True,
+                ACT=2, OUT_Q=1 if out_dtype == torch.int8 else 0, FAST=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64,
+                GROUP_M=8, PERSISTENT=persistent, NUM_SMS=sms, num_warps=4, num_stages=3)
+            outs.append(out)
+        assert torch.equal(outs[0], outs[1])
+        want = lowbit.qgemm_reference(x_q, w_q, col, bias, "gelu", out_dtype, 0.05 if out_dtype == torch.int8 else None)
+        if out_dtype == torch.int8:
+            assert (outs[1].int() - want.int()).abs().max() <= 1
+        else:
+            torch.testing.assert_close(outs[1].float(), want.float(), rtol=2e-3, atol=2e-3)
+
+
+@needs_cuda
+def test_int8_rounding_is_half_to_even_and_saturates_like_quantize_linear():
+    """The GPU's int8 rounding (a mantissa trick, not rint) on ties, saturation and signs."""
+    from trimtab.backends.gpu import lowbit
+
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, 127.5, 200.0, -128.5, -129.0, -1e9, 1e9, 0.49999997,
+                      -0.0, 3.4999998], device="cuda")
+    for fast in (False, True):
+        got = lowbit.quantize(x, 1.0, torch.int8, fast=fast)
+        assert got.tolist() == lowbit.quantize_reference(x, 1.0, torch.int8).tolist()
+        assert got.tolist()[:8] == [0, 2, 2, 0, -2, -2, 126, 127]
+
+
 @pytest.mark.skipif(CUDA, reason="checks the CPU default")
 def test_off_cuda_every_qlinear_runs_int8_without_timing():
     artifact, feeds = _int8_encoder()

@@ -18,9 +18,8 @@ that are powers of two up to 128; the engine times it against SDPA and keeps the
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
-from trimtab.backends.gpu.lowbit_triton import few_configs
+from trimtab.backends.gpu.lowbit_triton import few_configs, round_to_int8
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -28,11 +27,11 @@ LOG2E = tl.constexpr(1.4426950408889634)
 @triton.autotune(configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                           for bm, bn, w, s in [(64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2),
                                                (128, 32, 4, 3)]],
-                 key=["S", "D", "HAS_MASK", "OUT_Q"], prune_configs_by={"early_config_prune": few_configs})
+                 key=["S", "D", "HAS_MASK", "MASK_PER_KEY", "OUT_Q"], prune_configs_by={"early_config_prune": few_configs})
 @triton.jit
 def _attention(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, H, S, qk_scale, out_scale,
                sqb, sqh, sqs, skb, skh, sks, svb, svh, svs, smb, smh, smq, smk, sob, soh, sos,
-               HAS_MASK: tl.constexpr, OUT_Q: tl.constexpr, D: tl.constexpr,
+               HAS_MASK: tl.constexpr, MASK_PER_KEY: tl.constexpr, OUT_Q: tl.constexpr, D: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     bh = tl.program_id(1)
     b, h = bh // H, bh % H
@@ -47,8 +46,11 @@ def _attention(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, H, S, qk_scale, out_scale,
         k = tl.load(k_ptr + b * skb + h * skh + cols[None, :] * sks + d[:, None], mask=cols[None, :] < S, other=0.0)
         s = tl.dot(q, k) * qk_scale  # log2 units: softmax by exp2
         if HAS_MASK:
-            mask = tl.load(m_ptr + b * smb + h * smh + rows[:, None] * smq + cols[None, :] * smk,
-                           mask=(rows[:, None] < S) & (cols[None, :] < S), other=0.0)
+            if MASK_PER_KEY:  # one row of key biases for every query (a padding mask): load it once
+                mask = tl.load(m_ptr + b * smb + h * smh + cols * smk, mask=cols < S, other=0.0)[None, :]
+            else:
+                mask = tl.load(m_ptr + b * smb + h * smh + rows[:, None] * smq + cols[None, :] * smk,
+                               mask=(rows[:, None] < S) & (cols[None, :] < S), other=0.0)
             # a "minus infinity" mask value (finfo.min) stays finite, as in SDPA: a row masked
             # everywhere averages v instead of turning into NaN
             s = tl.maximum(s + mask.to(tl.float32) * LOG2E, -1.0e30)
@@ -63,7 +65,7 @@ def _attention(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, H, S, qk_scale, out_scale,
     o = acc / l_i[:, None]
     o_ptrs = o_ptr + b * sob + h * soh + rows[:, None] * sos + d[None, :]
     if OUT_Q == 1:
-        o = tl.minimum(tl.maximum(libdevice.rint(o * (1.0 / out_scale)), -128.0), 127.0).to(tl.int8)
+        o = round_to_int8(o * (1.0 / out_scale))
     elif OUT_Q == 2:
         o = tl.minimum(tl.maximum(o * (1.0 / out_scale), -448.0), 448.0).to(tl.float8e4nv)
     else:
@@ -100,5 +102,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     _attention[grid](q, k, v, mask, out, h, s, scale * 1.4426950408889634, out_q[0] if out_q else 1.0,
                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                      v.stride(0), v.stride(1), v.stride(2), *strides, out.stride(0), out.stride(2), out.stride(1),
-                     HAS_MASK=mask is not q, OUT_Q=0 if not out_q else (1 if out_q[1] == torch.int8 else 2), D=d)
+                     HAS_MASK=mask is not q, MASK_PER_KEY=strides[2] == 0,
+                     OUT_Q=0 if not out_q else (1 if out_q[1] == torch.int8 else 2), D=d)
     return out.permute(0, 2, 1, 3)

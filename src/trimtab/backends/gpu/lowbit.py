@@ -127,12 +127,19 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     bias_arg, scale_out = bias if bias is not None else col_scale, 1.0 if out_scale is None else out_scale
     if tma:
         desc = kernels["descriptor"].from_tensor  # block shapes are set per config (pre_hook)
-        kernels["qgemm_tma"][grid](desc(a, [1, 1]), desc(w_q.contiguous(), [1, 1]), desc(out, [1, 1]), col_scale,
-                                   bias_arg, m, n, k, scale_out, **flags)
+        sms = _multiprocessors(a.device)
+        tma_grid = lambda meta: (min(sms, grid(meta)[0]) if meta["PERSISTENT"] else grid(meta)[0],)  # noqa: E731
+        kernels["qgemm_tma"][tma_grid](desc(a, [1, 1]), desc(w_q.contiguous(), [1, 1]), desc(out, [1, 1]), col_scale,
+                                       bias_arg, m, n, k, scale_out, NUM_SMS=sms, **flags)
     else:
         kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, m, n, k, a.stride(0), w_q.stride(0), out.stride(0),
                                scale_out, **flags)
     return out.reshape(*lead, n)
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def tma_ok(x_q: torch.Tensor, w_q: torch.Tensor, out_dtype: torch.dtype) -> bool:

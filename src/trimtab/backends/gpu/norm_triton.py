@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from trimtab.backends.gpu.lowbit_triton import round_to_int8
+
 
 @triton.jit
 def _layer_norm(x_ptr, z_ptr, w_ptr, b_ptr, y_ptr, q_ptr, rows, N, eps, q_scale, HAS_Z: tl.constexpr,
@@ -34,7 +36,7 @@ def _layer_norm(x_ptr, z_ptr, w_ptr, b_ptr, y_ptr, q_ptr, rows, N, eps, q_scale,
         y += tl.load(b_ptr + c, mask=c < N, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=live)
     if QUANT == 1:
-        q = tl.minimum(tl.maximum(libdevice.rint(y * (1.0 / q_scale)), -128.0), 127.0).to(tl.int8)
+        q = round_to_int8(y * (1.0 / q_scale))
         tl.store(q_ptr + offs, q, mask=live)
     if QUANT == 2:
         q = tl.minimum(tl.maximum(y * (1.0 / q_scale), -448.0), 448.0).to(tl.float8e4nv)
