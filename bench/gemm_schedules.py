@@ -43,6 +43,11 @@ SHAPES = [("qkv", 768, 2304, None), ("attn_out", 768, 768, None), ("ffn_up", 768
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps)
 CONFIGS = [(128, 256, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 128, 4, 4), (128, 256, 64, 4, 8),
            (128, 128, 256, 2, 8)]
+# Bigger tiles read less from L2 per product (a 128x256 tile at K = 768 pulls 294 KB through L2
+# for 50 MFLOP, which at ~50 KB/us per SM is about the time the tile takes); 16 warps hold a
+# 256x256 int32 tile in 128 registers a thread. A sixth entry is the CTA cluster size (num_ctas).
+BIG_CONFIGS = [(256, 256, 64, 3, 16), (256, 256, 128, 2, 16), (256, 128, 128, 3, 8), (128, 256, 128, 3, 8, 2),
+               (256, 256, 64, 4, 16), (256, 128, 64, 4, 8)]
 
 
 @triton.jit
@@ -108,7 +113,8 @@ def persistent_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_
 
 
 def launcher(schedule: str, cfg: tuple, a, w, col, bias, act, out_dtype, out_scale, **flags):
-    bm, bn, bk, stages, warps = cfg
+    bm, bn, bk, stages, warps = cfg[:5]
+    ctas = cfg[5] if len(cfg) > 5 else 1
     m, k = a.shape
     n = w.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
@@ -116,7 +122,7 @@ def launcher(schedule: str, cfg: tuple, a, w, col, bias, act, out_dtype, out_sca
     dc = TensorDescriptor.from_tensor(out, [bm, bn])
     common = {"IS_INT8": a.dtype == torch.int8, "HAS_BIAS": True, "ACT": lowbit.ACTS[act],
               "OUT_Q": 0 if out_scale is None else (1 if out_dtype == torch.int8 else 2), "FAST": True,
-              "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages,
+              "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages, "num_ctas": ctas,
               **flags}
     scale = 1.0 if out_scale is None else out_scale
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
@@ -133,6 +139,8 @@ def launcher(schedule: str, cfg: tuple, a, w, col, bias, act, out_dtype, out_sca
 
 SCHEDULES = {
     "tile, old rounding": ("tile", {"SPLIT_I2F": False, "CVT_ROUND": True}),
+    "tile, big": ("tile", {"SPLIT_I2F": False, "CVT_ROUND": False}),
+    "persistent, big": ("persistent", {"SPLIT_I2F": False, "CVT_ROUND": False}),
     "tile, split i2f": ("tile", {"SPLIT_I2F": True, "CVT_ROUND": False}),
     "persistent": ("persistent", {"SPLIT_I2F": False, "CVT_ROUND": False}),
     "persistent, split i2f": ("persistent", {"SPLIT_I2F": True, "CVT_ROUND": False}),
@@ -153,19 +161,20 @@ def operands(k: int, n: int, m: int, fp8: bool):
     return xq, wq, (x_scale * w_scale).float().contiguous(), bias
 
 
-def bench_shape(name, k, n, act, m, fp8, rows) -> None:
+def bench_shape(name, k, n, act, m, fp8, rows, chosen) -> None:
     xq, wq, col, bias = operands(k, n, m, fp8)
     out_scale = 0.05 if act else None
     out_dtype = (lowbit.FP8 if fp8 else torch.int8) if act else torch.float16
     engine = lambda: lowbit.qgemm(xq, wq, col, bias, act, out_dtype, out_scale, tma=True)
     ref = engine().float()
     variants, notes = {"engine tma (autotuned)": engine}, {}
+    schedules = {k: v for k, v in SCHEDULES.items() if k in chosen}
     if fp8:
-        schedules = {k: v for k, v in SCHEDULES.items() if "i2f" not in k and "old" not in k}
+        schedules = {k: v for k, v in schedules.items() if "i2f" not in k and "old" not in k}
     else:
-        schedules = {k: v for k, v in SCHEDULES.items() if act or "old" not in k}
+        schedules = {k: v for k, v in schedules.items() if act or "old" not in k}
     for label, (schedule, flags) in schedules.items():
-        for cfg in CONFIGS:
+        for cfg in BIG_CONFIGS if "big" in label else CONFIGS:
             key = f"{label} {cfg}"
             try:
                 run = launcher(schedule, cfg, xq, wq, col, bias, act, out_dtype, out_scale, **flags)
@@ -198,6 +207,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--shapes", nargs="+", default=[s[0] for s in SHAPES])
+    parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
     args = parser.parse_args()
     env = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__}
@@ -208,7 +218,7 @@ def main() -> None:
             continue
         for fp8 in ((False, True) if name == "ffn_up" else (False,)):
             t0 = time.perf_counter()
-            bench_shape(name, k, n, act, args.tokens, fp8, rows)
+            bench_shape(name, k, n, act, args.tokens, fp8, rows, args.schedules)
             print(f"# {name} {'fp8' if fp8 else 'int8'} {time.perf_counter() - t0:.0f} s", flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

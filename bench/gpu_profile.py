@@ -29,13 +29,25 @@ def main() -> None:
 
             path = export(torchvision.models.resnet50().eval(), (torch.randn(1, 3, 224, 224),), ["input"],
                           work / "m.onnx", {"input": {0: "n"}})
-            feeds, calib = {"input": torch.randn(args.batch, 3, 224, 224, device="cuda")}, None
+            feeds, calib = {"input": torch.randn(args.batch, 3, 224, 224, device="cuda")}, random_images()
         else:
             _, path, calib = bert_onnx(work)
             feeds = {"input_ids": torch.randint(1000, 30000, (args.batch, 128), device="cuda"),
                      "attention_mask": torch.ones(args.batch, 128, dtype=torch.int64, device="cuda")}
         for precision in args.precision:
             profile(path, work, feeds, precision, calib, args.top)
+
+
+def random_images(count: int = 16):
+    """Calibration data for the CNN's 8-bit engines (as bench/gpu_engine.py's bench_cnn)."""
+    import numpy as np
+
+    from trimtab.data import Dataset
+    from trimtab.data.dataset import Sample
+
+    rng = np.random.default_rng(0)
+    return Dataset([Sample({"input": rng.standard_normal((3, 224, 224)).astype(np.float32)}, source=f"r{i}")
+                    for i in range(count)], name="random-images")
 
 
 def profile(path: Path, work: Path, feeds: dict, precision: str, calib, top: int) -> None:

@@ -275,7 +275,9 @@ def test_with_fp16_elsewhere_a_cnn_fake_quantizes_in_fp16_without_the_casts(elem
             got = backend.infer({"x": x})["y"]
             plan = backend.engine({"x": x.shape}).plan
         half = [s for s in plan.steps if s.op == "trimtab.FakeQuant" and s.attrs.get("half")]
-        assert half and plan.notes["fusions"]["half_fake_quant"] == len(half)
+        in_adds = sum(bool(s.attrs[k]) for s in plan.steps if s.op == "trimtab.QuantAdd"
+                      for k in ("fq_a", "fq_b", "fq_out"))
+        assert half and plan.notes["fusions"]["half_fake_quant"] == len(half) + in_adds
         producer = {o: s for s in plan.steps for o in s.outputs}
         for fake in half:
             assert plan.dtypes[fake.inputs[0]] == plan.dtypes[fake.outputs[0]] == "float16"
@@ -327,3 +329,46 @@ def test_a_kernel_choice_is_made_once_on_the_first_call_and_only_where_the_input
     assert run.choice == {"chosen": "b", "ms": {"b": 1.0}}
     unfit = fused._chosen_on_first_call({"a": lambda x: ("a", x), "b": lambda x: ("b", x)}, fits=lambda x: False)
     assert unfit(3) == ("a", 3) and timed == [(1,)]
+
+
+def test_a_quantized_residual_add_is_one_step_with_the_conv_bias_and_the_fake_quants():
+    """conv2 (no activation) -> FakeQuant -> Add(shortcut) -> Relu -> FakeQuant: one QuantAdd,
+    conv2 without its bias (the QuantAdd adds it), the same values as the Q/DQ file."""
+    from tests.build._support import residual_cnn
+    from trimtab.build import build_int8
+
+    x = np.random.default_rng(2).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    cnn = as_model(residual_cnn())
+    artifact = build_int8(cnn, minmax_ranges(cnn.proto, {"x": x}), "tensorrt", unquantized="fp16")
+    for device in ["cpu"] + (["cuda"] if CUDA else []):
+        with GpuBackend(artifact.proto, device=device, cache=False) as backend:
+            got = backend.infer({"x": x})["y"]
+            plan = backend.engine({"x": x.shape}).plan
+        (add,) = [s for s in plan.steps if s.op == "trimtab.QuantAdd"]
+        assert plan.notes["fusions"]["residual_quant"] == 1 and not any(s.op in ("Add", "Relu") for s in plan.steps)
+        assert add.attrs["fq_a"] and add.attrs["fq_out"] and add.attrs["relu"] and add.attrs["fq_b"] is None
+        conv = next(s for s in plan.steps if add.inputs[0] in s.outputs)
+        assert conv.op == "trimtab.Conv" and len(conv.inputs) == 2
+        assert add.inputs[2] and plan.constants[add.inputs[2]].numel() == 8  # conv2's bias, one per channel
+        assert sqnr_db(got, reference(artifact.proto, {"x": x})["y"]) >= 30.0
+
+
+@needs_cuda
+@pytest.mark.parametrize("element", ["int8", "float8_e4m3fn"])
+def test_the_quant_add_pass_gives_the_unfused_steps_values_bit_for_bit(element):
+    from trimtab.backends.gpu.ops import KERNELS, NodeSpec
+
+    torch.manual_seed(0)
+    shape = (4, 24, 9, 7)
+    a, b = (torch.randn(shape, device="cuda").half().contiguous(memory_format=torch.channels_last) for _ in range(2))
+    bias_a, bias_b = torch.randn(24, device="cuda").half(), torch.randn(24, device="cuda").half()
+    attrs = {"fq_a": (0.03, element), "fq_b": (0.05, element), "fq_out": (0.04, element), "relu": True}
+    make = KERNELS["trimtab.QuantAdd"]
+    fused = make(NodeSpec("trimtab.QuantAdd", "t", attrs, [None] * 4, [shape, shape, (24,), (24,)], device="cuda"))
+    unfused = make(NodeSpec("trimtab.QuantAdd", "t", attrs, [None] * 4, [shape, shape, (24,), (24,)], device="cpu"))
+    for args in [(a, b, bias_a, bias_b), (a, b, bias_a, None), (a, b, None, None)]:
+        got, want = fused(*args), unfused(*args)
+        assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want)
+    plain = make(NodeSpec("trimtab.QuantAdd", "t", {"fq_a": None, "fq_b": None, "fq_out": None, "relu": False},
+                          [None] * 4, [shape, shape, None, None], device="cuda"))
+    assert torch.equal(plain(a, b), a + b)

@@ -13,6 +13,10 @@
    element, writes that element itself (quantized in its epilogue) and its readers skip their
    quantize pass.
    (BERT's FFN: up-projection + GELU writes int8 for the down-projection.)
+10. `fuse_residual_quant`: Add(FakeQuant(conv(x) + bias), FakeQuant(shortcut)) -> Relu -> FakeQuant
+   (a ResNet block's end, Q/DQ placed the TensorRT way, half-precision elsewhere) becomes one
+   `trimtab.QuantAdd`: the FakeQuants read only by the Add, the Relu and FakeQuant after it, and
+   the bias of a conv without activation whose output only that FakeQuant reads, all in one pass.
 """
 
 from __future__ import annotations
@@ -169,3 +173,70 @@ def fuse_half_fake_quant(plan: Plan) -> int:
         plan.steps.remove(down)
         index, done = _Index(plan), done + 1
     return done
+
+
+def fuse_residual_quant(plan: Plan) -> int:
+    index, done = _Index(plan), 0
+    for add in [s for s in plan.steps if s.op == "Add" and len(s.inputs) == 2]:
+        a, b = add.inputs
+        if (_const(plan, a) is not None or _const(plan, b) is not None or plan.dtypes.get(a) not in _HALF
+                or plan.shapes.get(a) != plan.shapes.get(b) or plan.dtypes.get(b) != plan.dtypes[a]):
+            continue
+        absorbed, inputs, attrs = [], [], {}
+        for name, key in ((a, "fq_a"), (b, "fq_b")):
+            name, attrs[key], bias = _absorb_input(plan, index, name, add, absorbed)
+            inputs.append((name, bias))
+        out, attrs["relu"] = add.outputs[0], False
+        relu = index.sole_consumer(out)
+        if relu is not None and relu.op == "Relu":
+            absorbed.append(relu)
+            out, attrs["relu"] = relu.outputs[0], True
+        fake = index.sole_consumer(out)
+        attrs["fq_out"] = _half_fake_quant(plan, fake)
+        if attrs["fq_out"]:
+            absorbed.append(fake)
+            out = fake.outputs[0]
+        if not absorbed and not (inputs[0][1] or inputs[1][1]):
+            continue  # (a conv bias taken over counts: its add pass is saved too)
+        add.op, add.attrs = "trimtab.QuantAdd", attrs
+        add.inputs = [inputs[0][0], inputs[1][0], inputs[0][1], inputs[1][1]]
+        add.outputs = [out]
+        add.fused += [step.name for step in absorbed]
+        for step in absorbed:
+            plan.steps.remove(step)
+        index, done = _Index(plan), done + 1
+    return done
+
+
+def _absorb_input(plan: Plan, index: _Index, name: str, add: Step, absorbed: list) -> tuple[str, tuple | None, str]:
+    """(tensor the Add reads after absorbing, its fake-quant spec or None, conv bias name or "")."""
+    spec, fake = None, index.producer.get(name)
+    if index.sole_consumer(name) is add and _half_fake_quant(plan, fake):
+        spec = _half_fake_quant(plan, fake)
+        absorbed.append(fake)
+        name = fake.inputs[0]
+    conv = index.producer.get(name)
+    reader = fake if spec else add
+    if (conv is not None and conv.op == "trimtab.Conv" and len(conv.inputs) == 3 and conv.inputs[2]
+            and conv.attrs.get("act") is None and not conv.attrs.get("residual")
+            and index.sole_consumer(name) is reader and len(plan.shapes[name]) >= 3):
+        bias = conv.inputs.pop()
+        return name, spec, bias
+    return name, spec, ""
+
+
+def _half_fake_quant(plan: Plan, fake: Step | None) -> tuple[float, str] | None:
+    """(scale, element) of a per-tensor symmetric FakeQuant that reads and writes the half type."""
+    if fake is None or fake.op != "trimtab.FakeQuant" or not fake.attrs.get("half"):
+        return None
+    if fake.attrs.get("axis") is not None:
+        return None
+    element = fake.attrs.get("element", "int8")
+    if _SYMMETRIC.get(element) != (fake.attrs.get("lo"), fake.attrs.get("hi")):
+        return None
+    q_scale, q_zero, dq_scale, dq_zero = (_const(plan, name) for name in fake.inputs[1:5])
+    if any(t is None or t.numel() != 1 for t in (q_scale, q_zero, dq_scale, dq_zero)):
+        return None
+    if float(q_zero.float()) != 0 or float(dq_zero.float()) != 0 or float(q_scale) != float(dq_scale):
+        return None
+    return float(q_scale), element

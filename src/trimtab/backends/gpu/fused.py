@@ -26,6 +26,10 @@
                        x_quantized. On CUDA the first call times the 8-bit kernel against the
                        float path (fake-quant + F.linear in the artifact's float type) and keeps
                        the faster: `run.tactic["chosen"]`, reported per layer by the engine.
+    trimtab.QuantAdd   fq_out(relu(fq_a(a + bias_a) + fq_b(b + bias_b))), every stage optional: an
+                       8-bit CNN's residual add with the Q/DQ around it and the bias of the conv
+                       before it; inputs a, b, bias_a?, bias_b?; attrs fq_a, fq_b, fq_out ((scale,
+                       element) or None), relu. On CUDA one Triton pass (`residual_triton.py`)
 
 On CUDA, a 2-D fp16/bf16 conv with ReLU calls cuDNN's fused conv+bias(+add)+ReLU
 (`torch.cudnn_convolution_relu` / `cudnn_convolution_add_relu`); elsewhere the epilogue runs in
@@ -334,3 +338,59 @@ def _captured(path, args: tuple, calls: int):
         log.info("timing a kernel choice without a CUDA graph (%s)", exc)
         return lambda: [path(*args) for _ in range(calls)]
     return graph.replay
+
+
+@kernel("trimtab.QuantAdd")
+def _quant_add(node):
+    spec = {k: node.attr(k) for k in ("fq_a", "fq_b", "fq_out")}
+    relu = bool(node.attr("relu", False))
+    channel_view = [1, -1] + [1] * (len(node.shapes[0]) - 2)
+
+    def fq(x, which):
+        scale, element = spec[which]
+        return lowbit.fake_quantize(x, scale, getattr(torch, element), fast=False)
+
+    def stages(x, bias, which):
+        if bias is not None:
+            x = x + bias.to(x.dtype).reshape(channel_view)
+        return fq(x, which) if spec[which] else x
+
+    def generic(a, b, bias_a=None, bias_b=None):
+        y = stages(a, bias_a, "fq_a") + stages(b, bias_b, "fq_b")
+        if relu:
+            y = torch.relu(y)
+        return fq(y, "fq_out") if spec["fq_out"] else y
+
+    if node.device != "cuda":
+        return generic
+    from trimtab.backends.gpu.residual_triton import quant_add_kernel
+
+    codes = {None: 0, "int8": 1, "float8_e4m3fn": 2}
+
+    def one_pass(a, b, bias_a=None, bias_b=None):
+        if not _flat_channels_last(a, b, bias_a is not None or bias_b is not None):
+            return generic(a, b, bias_a, bias_b)
+        y, n = torch.empty_like(a), a.numel()
+        scale = {k: v[0] if v else 1.0 for k, v in spec.items()}
+        element = {k: codes[v[1] if v else None] for k, v in spec.items()}
+        channels = a.shape[1] if a.dim() > 2 else a.shape[-1]
+        quant_add_kernel[(-(-n // 4096),)](
+            a, b, a if bias_a is None else bias_a, a if bias_b is None else bias_b, y, n, channels,
+            scale["fq_a"], scale["fq_b"], scale["fq_out"], HAS_BIAS_A=bias_a is not None,
+            HAS_BIAS_B=bias_b is not None, ELEMENT_A=element["fq_a"], ELEMENT_B=element["fq_b"], RELU=relu,
+            ELEMENT_OUT=element["fq_out"], BLOCK=4096, num_warps=8)
+        return y
+
+    return one_pass
+
+
+def _flat_channels_last(a: torch.Tensor, b: torch.Tensor, channels: bool) -> bool:
+    """a and b half tensors lying the same way in memory, densely, so one flat pass lines up; with
+    per-channel terms the channel must be the fastest axis (channels_last 4-D, or 2-D)."""
+    if a.dtype != b.dtype or a.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if a.shape != b.shape or a.stride() != b.stride():
+        return False
+    if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return a.is_contiguous() and (not channels or a.dim() == 2)

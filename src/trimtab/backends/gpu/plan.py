@@ -19,7 +19,7 @@ import torch
 
 from trimtab._io import atomic_write_bytes, atomic_write_json
 
-FORMAT = 4  # 2: 8-bit linear layers (trimtab.QLinear); 3: LayerNorms writing 8-bit copies; 4: fp16 FakeQuant
+FORMAT = 5  # 2: 8-bit linear layers (trimtab.QLinear); 3: LayerNorms writing 8-bit copies; 4: fp16 FakeQuant; 5: QuantAdd
 _TENSOR_ATTR = "__tensor__"
 
 
