@@ -372,3 +372,48 @@ def test_the_quant_add_pass_gives_the_unfused_steps_values_bit_for_bit(element):
     plain = make(NodeSpec("trimtab.QuantAdd", "t", {"fq_a": None, "fq_b": None, "fq_out": None, "relu": False},
                           [None] * 4, [shape, shape, None, None], device="cuda"))
     assert torch.equal(plain(a, b), a + b)
+
+
+def _bottleneck(seed: int = 0):
+    """x[N,3,6,6] -> Conv3x3+Relu (r) -> Conv1x1(8->16)+Relu -> Conv1x1(16->8) -> Add(r) -> Relu
+    -> GlobalAveragePool -> Flatten -> Gemm: a ResNet bottleneck's 1x1 convs and residual add."""
+    from onnx import helper
+
+    from tests.backends.gpu._support import F32, model
+
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape, scale=0.3):
+        return name, (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r"]),
+             helper.make_node("Conv", ["r", "w1", "b1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]), helper.make_node("Add", ["c2", "r"], ["s"]),
+             helper.make_node("Relu", ["s"], ["t"]), helper.make_node("GlobalAveragePool", ["t"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1)]
+    inits = [init("w0", 8, 3, 3, 3), init("b0", 8, scale=0.1), init("w1", 16, 8, 1, 1), init("b1", 16, scale=0.1),
+             init("w2", 8, 16, 1, 1, scale=0.2), init("b2", 8, scale=0.1), init("wf", 5, 8), init("bf", 5, scale=0.1)]
+    return model(nodes, [("x", F32, ["N", 3, 6, 6])], [("y", F32, ["N", 5])], inits, opset=13)
+
+
+@pytest.mark.parametrize("element", ["int8", "fp8"])
+def test_pointwise_convs_of_an_8bit_cnn_run_as_8bit_gemms_over_channels_last_rows(element):
+    from trimtab.build import build_fp8, build_int8
+
+    x = np.random.default_rng(3).standard_normal((4, 3, 6, 6)).astype(np.float32)
+    cnn = as_model(_bottleneck())
+    ranges = minmax_ranges(cnn.proto, {"x": x})
+    artifact = build_fp8(cnn, ranges) if element == "fp8" else build_int8(cnn, ranges, "tensorrt", unquantized="fp16")
+    for device in ["cpu"] + (["cuda"] if CUDA else []):
+        with GpuBackend(artifact.proto, device=device, cache=False) as backend:
+            got = backend.infer({"x": x})["y"]
+            engine = backend.engine({"x": x.shape})
+            plan, ran = engine.plan, engine.layer_precisions()
+        convs = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.attrs.get("pointwise_conv")]
+        assert len(convs) == 2 and plan.notes["fusions"]["int8_pointwise_conv"] == 2
+        assert [s.attrs["act"] for s in convs] == ["relu", None] and convs[0].attrs["w_q"].shape == (16, 8)
+        assert [s.op for s in plan.steps].count("trimtab.Conv") == 1  # the 3x3 conv stays a conv
+        if device == "cpu":
+            assert {ran[s.name]["ran"] for s in convs} == {convs[0].attrs["element"]}
+        assert sqnr_db(got, reference(artifact.proto, {"x": x})["y"]) >= 30.0

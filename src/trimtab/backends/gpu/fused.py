@@ -23,7 +23,8 @@
                        x_quantized), W[N, K] float (the float tactic), b?; attrs: element (int8 or
                        float8_e4m3fn), x_scale, w_q [N, K] of that element, col_scale [N], act,
                        split, out_dtype, out_scale (8-bit output for the next QLinear),
-                       x_quantized. On CUDA the first call times the 8-bit kernel against the
+                       x_quantized, pointwise_conv (x is a 1x1 conv's [N, C, H, W] input, used
+                       as its channels-last [N*H*W, C] view). On CUDA the first call times the 8-bit kernel against the
                        float path (fake-quant + F.linear in the artifact's float type) and keeps
                        the faster: `run.tactic["chosen"]`, reported per layer by the engine.
     trimtab.QuantAdd   fq_out(relu(fq_a(a + bias_a) + fq_b(b + bias_b))), every stage optional: an
@@ -265,6 +266,12 @@ def _qlinear(node):
         return paths[state["chosen"]](x, w, b)
 
     run.tactic = state
+    if a.get("pointwise_conv"):  # a 1x1 conv: [N, C, H, W] lying channels-last is [N, H, W, C] rows
+        def pointwise(x, w, b=None):
+            return run(x.permute(0, 2, 3, 1), w, b).permute(0, 3, 1, 2)
+
+        pointwise.tactic = state
+        return pointwise
     return run
 
 
@@ -368,7 +375,7 @@ def _quant_add(node):
     codes = {None: 0, "int8": 1, "float8_e4m3fn": 2}
 
     def one_pass(a, b, bias_a=None, bias_b=None):
-        if not _flat_channels_last(a, b, bias_a is not None or bias_b is not None):
+        if a.numel() >= 2**31 or not _flat_channels_last(a, b, bias_a is not None or bias_b is not None):
             return generic(a, b, bias_a, bias_b)
         y, n = torch.empty_like(a), a.numel()
         scale = {k: v[0] if v else 1.0 for k, v in spec.items()}

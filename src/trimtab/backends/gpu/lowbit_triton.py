@@ -40,6 +40,14 @@ def round_to_int8(y):
 
 
 @triton.jit
+def round_int8_as_float(y):
+    """`round_to_int8(y)` as an fp32 value (for a dequantize that follows), again without the
+    conversion unit: after the add the float holds round(y) + 1.5 * 2^23 exactly."""
+    y = tl.minimum(tl.maximum(y, -128.0), 127.0)
+    return (y + 12582912.0) - 12582912.0
+
+
+@triton.jit
 def int_to_float(acc):
     """float(acc) for an int32 tensor, correctly rounded, without the conversion instruction: the
     high and low 16 bits each become an exact float by the same mantissa trick (the low half with
@@ -158,14 +166,15 @@ def quantize_kernel(x_ptr, y_ptr, n, scale, IS_INT8: tl.constexpr, DEQUANT: tl.c
         x = x * (1.0 / scale)
     else:
         x = libdevice.div_rn(x, scale)
-    if IS_INT8:
-        q = round_to_int8(x)
-    else:
+    if DEQUANT and IS_INT8:
+        tl.store(y_ptr + offs, (round_int8_as_float(x) * scale).to(y_ptr.dtype.element_ty), mask=offs < n)
+    elif DEQUANT:
         q = tl.minimum(tl.maximum(x, -448.0), 448.0).to(tl.float8e4nv)
-    if DEQUANT:
         tl.store(y_ptr + offs, (q.to(tl.float32) * scale).to(y_ptr.dtype.element_ty), mask=offs < n)
+    elif IS_INT8:
+        tl.store(y_ptr + offs, round_to_int8(x), mask=offs < n)
     else:
-        tl.store(y_ptr + offs, q, mask=offs < n)
+        tl.store(y_ptr + offs, tl.minimum(tl.maximum(x, -448.0), 448.0).to(tl.float8e4nv), mask=offs < n)
 
 
 def _tma_blocks(nargs):
