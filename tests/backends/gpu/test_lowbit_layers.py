@@ -135,11 +135,6 @@ def test_lowbit_cuda_kernels_match_the_reference(fast, tma):
         assert (got8 != want8).float().mean() < (0.05 if fast and act == "gelu" else 1e-3)
         fake = lowbit.fake_quantize(x, 0.02, torch.int8, fast=fast)
         assert fake.dtype == x.dtype and torch.equal(fake, (x_q.float() * 0.02).half())
-        # the fake-quantized half output (a 1x1 conv feeding a 3x3 conv): codes * scale in fp16
-        got_fake = lowbit.qgemm(x_q, w_q, col, bias, act, torch.float16, 0.05, fast=fast, tma=use_tma, fake=torch.int8)
-        want_fake = lowbit.qgemm_reference(x_q, w_q, col, bias, act, torch.float16, 0.05, fake=torch.int8)
-        steps = (got_fake.float() - want_fake.float()).abs() / 0.05
-        assert got_fake.dtype == torch.float16 and steps.max() <= 1.01 and (steps > 0.5).float().mean() < 0.05
 
 
 @needs_cuda
@@ -431,9 +426,6 @@ def test_pointwise_convs_of_an_8bit_cnn_run_as_8bit_gemms_over_channels_last_row
         assert tuple(add.attrs["codes"]) == (convs[2].attrs["x_scale"], convs[2].attrs["element"])
         assert convs[2].inputs[0] == add.outputs[1]
         assert convs[2].attrs["x_quantized"] and plan.dtypes[add.outputs[1]] == convs[2].attrs["element"]
-        assert convs[0].attrs["out_scale"] == convs[1].attrs["x_scale"] and convs[1].attrs["x_quantized"]
-        assert convs[2].attrs["out_fake"] and plan.notes["fusions"]["fake_output"] == 1  # for the pooling
-        assert not any(s.op == "trimtab.FakeQuant" and s.inputs[0] in convs[2].outputs for s in plan.steps)
         assert [s.op for s in plan.steps].count("trimtab.Conv") == 1  # the 3x3 conv stays a conv
         if device == "cpu":
             assert {ran[s.name]["ran"] for s in convs} == {convs[0].attrs["element"]}

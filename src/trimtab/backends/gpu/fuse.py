@@ -57,8 +57,8 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["conv"] = fuse_conv(plan)
     counts["linear"], counts["gelu"] = fuse_linear(plan, quantized or {})
     from trimtab.backends.gpu.fuse_int8 import (fuse_attention_quant, fuse_half_fake_quant, fuse_int8_linear,
-                                                  fuse_add_quant_copy, fuse_fake_output, fuse_int8_pointwise_conv,
-                                                  fuse_norm_quant, fuse_requant, fuse_residual_quant)
+                                                  fuse_add_quant_copy, fuse_int8_pointwise_conv, fuse_norm_quant,
+                                                  fuse_requant, fuse_residual_quant)
     from trimtab.backends.gpu.fuse_transformer import fuse_attention, fuse_layer_norm, fuse_qkv
 
     counts["qkv"] = fuse_qkv(plan)
@@ -72,10 +72,8 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["half_fake_quant"] = fuse_half_fake_quant(plan)
     counts["int8_pointwise_conv"] = fuse_int8_pointwise_conv(plan, quantized or {})
     _prune(plan)
-    counts["int8_output"] += fuse_requant(plan)  # 1x1 conv -> 1x1 conv: the first writes 8-bit
     counts["residual_quant"] = fuse_residual_quant(plan)
     counts["add_quant_copy"] = fuse_add_quant_copy(plan)
-    counts["fake_output"] = fuse_fake_output(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)
 

@@ -16,8 +16,7 @@
 10. `fuse_int8_pointwise_conv`: a 1x1 `trimtab.Conv` (stride 1, no padding, one group; ReLU or no
    activation) with an 8-bit weight and a FakeQuant'd input becomes a `trimtab.QLinear` over the
    channels-last activations ([N, C, H, W] lying as [N*H*W, C]: a GEMM with K = C, no copy), its
-   `pointwise_conv` attr telling the kernel to view it so. `fuse_fake_output`: where only a
-   FakeQuant reads its output, it writes the fake-quantized value itself (`out_fake`).
+   `pointwise_conv` attr telling the kernel to view it so.
 11. `fuse_residual_quant`: Add(FakeQuant(conv(x) + bias), FakeQuant(shortcut)) -> Relu -> FakeQuant
    (a ResNet block's end, Q/DQ placed the TensorRT way, half-precision elsewhere) becomes one
    `trimtab.QuantAdd`: the FakeQuants read only by the Add, the Relu and FakeQuant after it, and
@@ -88,8 +87,7 @@ def _float_cast(plan: Plan, step: Step | None) -> bool:
 def fuse_requant(plan: Plan) -> int:
     index, done = _Index(plan), 0
     for step in plan.steps:
-        if (step.op != "trimtab.QLinear" or step.attrs.get("split") or step.outputs[0] in index.protected
-                or step.attrs.get("out_scale") is not None):
+        if step.op != "trimtab.QLinear" or step.attrs.get("split") or step.outputs[0] in index.protected:
             continue
         y = step.outputs[0]
         readers = index.consumers.get(y, [])
@@ -210,25 +208,6 @@ def fuse_residual_quant(plan: Plan) -> int:
         add.fused += [step.name for step in absorbed]
         for step in absorbed:
             plan.steps.remove(step)
-        index, done = _Index(plan), done + 1
-    return done
-
-
-def fuse_fake_output(plan: Plan) -> int:
-    """A QLinear whose half output only a FakeQuant reads (a 1x1 conv feeding a 3x3 conv) writes
-    the fake-quantized value itself: the FakeQuant's pass over the activations goes."""
-    index, done = _Index(plan), 0
-    for step in [s for s in plan.steps if s.op == "trimtab.QLinear"]:
-        if step.attrs.get("split") or step.attrs.get("out_scale") is not None or step.attrs.get("out_fake"):
-            continue
-        fake = index.sole_consumer(step.outputs[0])
-        spec = _half_fake_quant(plan, fake)
-        if spec is None or plan.dtypes[step.outputs[0]] not in _HALF or fake.inputs[0] != step.outputs[0]:
-            continue
-        step.attrs["out_fake"] = spec
-        step.outputs = list(fake.outputs)
-        step.fused.append(fake.name)
-        plan.steps.remove(fake)
         index, done = _Index(plan), done + 1
     return done
 

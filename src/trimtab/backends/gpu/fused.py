@@ -22,8 +22,7 @@
     trimtab.QLinear    8-bit linear layer (`lowbit.qgemm`); inputs x (float, or already 8-bit when
                        x_quantized), W[N, K] float (the float tactic), b?; attrs: element (int8 or
                        float8_e4m3fn), x_scale, w_q [N, K] of that element, col_scale [N], act,
-                       split, out_dtype, out_scale (8-bit output for the next QLinear), out_fake
-                       ((scale, element): the half output fake-quantized, for a conv reading it),
+                       split, out_dtype, out_scale (8-bit output for the next QLinear),
                        x_quantized, pointwise_conv (x is a 1x1 conv's [N, C, H, W] input, used
                        as its channels-last [N*H*W, C] view). On CUDA the first call times the 8-bit kernel against the
                        float path (fake-quant + F.linear in the artifact's float type) and keeps
@@ -234,10 +233,6 @@ def _qlinear(node):
     a = node.attrs
     x_scale, act, split = float(a["x_scale"]), a.get("act"), a.get("split")
     out_scale, x_quantized = a.get("out_scale"), bool(a.get("x_quantized", False))
-    out_fake = a.get("out_fake")  # (scale, element): the output fake-quantized in its half type
-    fake = getattr(torch, out_fake[1]) if out_fake else None
-    if out_fake:
-        out_scale = float(out_fake[0])
     out_dtype = getattr(torch, a["out_dtype"])
     element = getattr(torch, a.get("element", "int8"))
     low = str(element).removeprefix("torch.")  # the tactic's name: "int8" or "float8_e4m3fn"
@@ -252,7 +247,7 @@ def _qlinear(node):
 
     def low_path(x, w, b=None):
         x_q = x if x_quantized else lowbit.quantize(x, x_scale, element, fast=fast)
-        return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale, fast=fast, fake=fake))
+        return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale, fast=fast))
 
     def float_path(x, w, b=None):  # the artifact's own arithmetic: fake-quant, then a float GEMM
         if x_quantized:
@@ -261,8 +256,6 @@ def _qlinear(node):
             x = lowbit.fake_quantize(x, x_scale, element, fast=fast).to(w.dtype)
         y = F.linear(x, w, b)
         y = epilogue(y) if epilogue else y
-        if fake is not None:
-            return finish(lowbit.fake_quantize(y.to(out_dtype), out_scale, fake, fast=fast))
         return finish(lowbit.quantize(y, out_scale, element, fast=fast) if out_scale is not None else y.to(out_dtype))
 
     paths = {low: low_path}

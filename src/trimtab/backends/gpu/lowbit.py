@@ -38,8 +38,7 @@ def quantize_reference(x: torch.Tensor, scale: float, dtype: torch.dtype) -> tor
 
 
 def qgemm_reference(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
-                    act: str | None, out_dtype: torch.dtype, out_scale: float | None = None,
-                    fake: torch.dtype | None = None) -> torch.Tensor:
+                    act: str | None, out_dtype: torch.dtype, out_scale: float | None = None) -> torch.Tensor:
     """The layer in float64 (exact int8 products): x_q [..., K], w_q [N, K] -> [..., N]."""
     acc = x_q.reshape(-1, x_q.shape[-1]).double() @ w_q.double().t()
     y = acc * col_scale.double()
@@ -47,8 +46,6 @@ def qgemm_reference(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tenso
         y = y + bias.double()
     y = _act(y, act).float()
     y = y.reshape(*x_q.shape[:-1], w_q.shape[0])
-    if fake is not None:  # rounded to the output type, then QuantizeLinear -> DequantizeLinear in it
-        return (quantize_reference(y.to(out_dtype), out_scale, fake).float() * out_scale).to(out_dtype)
     if out_scale is not None:
         return quantize_reference(y, out_scale, out_dtype)
     return y.to(out_dtype)
@@ -106,16 +103,14 @@ def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out_dtype:
 
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
           act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True,
-          tma: bool | None = None, fake: torch.dtype | None = None) -> torch.Tensor:
+          tma: bool | None = None) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
     (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8 (or
     both fp16/bf16: the fp16 engine's linear + GELU, fp32 sums; CUDA only). `tma`: the kernel
     whose tiles the TMA copy engine moves (None: wherever `tma_ok`; it was the faster kernel on
-    every BERT layer measured). `fake` (int8 or fp8): the output, rounded to `out_dtype`, goes
-    through QuantizeLinear -> DequantizeLinear with `out_scale` and stays in `out_dtype` (the
-    fake-quantized input of the 3x3 conv after a 1x1 conv)."""
+    every BERT layer measured)."""
     if x_q.device.type != "cuda":
-        return qgemm_reference(x_q, w_q, col_scale, bias, act, out_dtype, out_scale, fake)
+        return qgemm_reference(x_q, w_q, col_scale, bias, act, out_dtype, out_scale)
     kernels = _triton_kernels()
     if tma is None:
         tma = tma_ok(x_q, w_q, out_dtype)
@@ -126,8 +121,6 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     m, n = a.shape[0], w_q.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     out_q = 0 if out_scale is None else (1 if out_dtype == torch.int8 else 2)
-    if fake is not None:  # `out_dtype` (half) holding the fake-quantized value: 3 int8, 4 fp8
-        out_q = 3 if fake == torch.int8 else 4
     flags = dict(IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q, FAST=fast)
     cdiv = kernels["triton"].cdiv
     grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)  # noqa: E731

@@ -70,8 +70,6 @@ def epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS: tl.constexp
             y = 0.5 * y * (1.0 + fast_tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)))
         else:
             y = 0.5 * y * (1.0 + libdevice.erf(y * 0.7071067811865476))
-    if OUT_Q >= 3:  # a fake-quantized half output: the artifact rounds to the half type first
-        y = y.to(out_ty).to(tl.float32)
     if OUT_Q != 0:
         if FAST:
             y = y * (1.0 / out_scale)
@@ -81,10 +79,6 @@ def epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS: tl.constexp
         return round_to_int8(y)
     elif OUT_Q == 2:
         return tl.minimum(tl.maximum(y, -448.0), 448.0).to(tl.float8e4nv)
-    elif OUT_Q == 3:
-        return (round_int8_as_float(y) * out_scale).to(out_ty)
-    elif OUT_Q == 4:
-        return (tl.minimum(tl.maximum(y, -448.0), 448.0).to(tl.float8e4nv).to(tl.float32) * out_scale).to(out_ty)
     else:
         return y.to(out_ty)
 
