@@ -57,8 +57,8 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["conv"] = fuse_conv(plan)
     counts["linear"], counts["gelu"] = fuse_linear(plan, quantized or {})
     from trimtab.backends.gpu.fuse_int8 import (fuse_attention_quant, fuse_half_fake_quant, fuse_int8_linear,
-                                                  fuse_add_quant_copy, fuse_int8_pointwise_conv, fuse_norm_quant,
-                                                  fuse_requant, fuse_residual_quant)
+                                                  fuse_int8_pointwise_conv, fuse_norm_quant, fuse_requant,
+                                                  fuse_residual_quant)
     from trimtab.backends.gpu.fuse_transformer import fuse_attention, fuse_layer_norm, fuse_qkv
 
     counts["qkv"] = fuse_qkv(plan)
@@ -73,7 +73,6 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["int8_pointwise_conv"] = fuse_int8_pointwise_conv(plan, quantized or {})
     _prune(plan)
     counts["residual_quant"] = fuse_residual_quant(plan)
-    counts["add_quant_copy"] = fuse_add_quant_copy(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)
 

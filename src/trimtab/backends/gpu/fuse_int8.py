@@ -212,30 +212,6 @@ def fuse_residual_quant(plan: Plan) -> int:
     return done
 
 
-def fuse_add_quant_copy(plan: Plan) -> int:
-    """A QuantAdd whose output 8-bit layers read (all with one scale, the output's own fake-quant
-    scale if it has one) also writes the 8-bit codes as a second output, and they read those
-    instead of quantizing again."""
-    index, done = _Index(plan), 0
-    for add in [s for s in plan.steps if s.op == "trimtab.QuantAdd" and len(s.outputs) == 1]:
-        y = add.outputs[0]
-        readers = [r for r in index.consumers.get(y, []) if r.op == "trimtab.QLinear" and r.inputs[0] == y
-                   and y not in r.inputs[1:] and not r.attrs.get("x_quantized")]
-        specs = {(r.attrs["x_scale"], r.attrs["element"]) for r in readers}
-        if len(specs) != 1 or (add.attrs.get("fq_out") and tuple(add.attrs["fq_out"]) not in specs):
-            continue
-        scale, element = specs.pop()
-        copy = f"{y}__{element}"
-        plan.shapes[copy], plan.dtypes[copy] = list(plan.shapes[y]), element
-        add.outputs.append(copy)
-        add.attrs["codes"] = (scale, element)
-        for reader in readers:
-            reader.inputs[0] = copy
-            reader.attrs["x_quantized"] = True
-        done += 1
-    return done
-
-
 def _absorb_input(plan: Plan, index: _Index, name: str, add: Step, absorbed: list) -> tuple[str, tuple | None, str]:
     """(tensor the Add reads after absorbing, its fake-quant spec or None, conv bias name or "")."""
     spec, fake = None, index.producer.get(name)
@@ -278,12 +254,6 @@ def fuse_int8_pointwise_conv(plan: Plan, quantized: dict) -> int:
             continue
         source = quantized.get(conv.inputs[1])
         found = _quantized_input(plan, index, conv.inputs[0])
-        if found is not None and index.sole_consumer(conv.inputs[0]) is not conv:
-            # the fake-quantized tensor has other readers (a ResNet block's input: the shortcut
-            # too): quantize it rather than its source, which stays one FakeQuant's input, so the
-            # residual add before it can still take that FakeQuant in (`fuse_residual_quant`).
-            # Exact: q * scale in fp16 is within 2^-11 relative of q, so it rounds back to q.
-            found = (conv.inputs[0], *found[1:])
         if source is None or found is None or source.axis not in (None, 0) or plan.dtypes[conv.inputs[0]] not in _HALF:
             continue
         element = str(source.q.dtype).removeprefix("torch.")

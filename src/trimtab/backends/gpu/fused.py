@@ -30,9 +30,7 @@
     trimtab.QuantAdd   fq_out(relu(fq_a(a + bias_a) + fq_b(b + bias_b))), every stage optional: an
                        8-bit CNN's residual add with the Q/DQ around it and the bias of the conv
                        before it; inputs a, b, bias_a?, bias_b?; attrs fq_a, fq_b, fq_out ((scale,
-                       element) or None), relu; codes ((scale, element) or None): a second output,
-                       the 8-bit codes of y for the 8-bit layers that read it. On CUDA one Triton
-                       pass (`residual_triton.py`)
+                       element) or None), relu. On CUDA one Triton pass (`residual_triton.py`)
 
 On CUDA, a 2-D fp16/bf16 conv with ReLU calls cuDNN's fused conv+bias(+add)+ReLU
 (`torch.cudnn_convolution_relu` / `cudnn_convolution_add_relu`); elsewhere the epilogue runs in
@@ -352,7 +350,7 @@ def _captured(path, args: tuple, calls: int):
 @kernel("trimtab.QuantAdd")
 def _quant_add(node):
     spec = {k: node.attr(k) for k in ("fq_a", "fq_b", "fq_out")}
-    relu, codes = bool(node.attr("relu", False)), node.attr("codes")  # codes: (scale, element) or None
+    relu = bool(node.attr("relu", False))
     channel_view = [1, -1] + [1] * (len(node.shapes[0]) - 2)
 
     def fq(x, which):
@@ -368,31 +366,27 @@ def _quant_add(node):
         y = stages(a, bias_a, "fq_a") + stages(b, bias_b, "fq_b")
         if relu:
             y = torch.relu(y)
-        y = fq(y, "fq_out") if spec["fq_out"] else y
-        if codes:  # the 8-bit codes too (of the fake-quantized value: the same codes, exactly)
-            return y, lowbit.quantize(y, codes[0], getattr(torch, codes[1]), fast=False)
-        return y
+        return fq(y, "fq_out") if spec["fq_out"] else y
 
     if node.device != "cuda":
         return generic
     from trimtab.backends.gpu.residual_triton import quant_add_kernel
 
-    elements = {None: 0, "int8": 1, "float8_e4m3fn": 2}
+    codes = {None: 0, "int8": 1, "float8_e4m3fn": 2}
 
     def one_pass(a, b, bias_a=None, bias_b=None):
         if a.numel() >= 2**31 or not _flat_channels_last(a, b, bias_a is not None or bias_b is not None):
             return generic(a, b, bias_a, bias_b)
         y, n = torch.empty_like(a), a.numel()
-        q = torch.empty_like(a, dtype=getattr(torch, codes[1])) if codes else y
-        scale = {k: v[0] if v else 1.0 for k, v in {**spec, "codes": codes}.items()}
-        element = {k: elements[v[1] if v else None] for k, v in {**spec, "codes": codes}.items()}
+        scale = {k: v[0] if v else 1.0 for k, v in spec.items()}
+        element = {k: codes[v[1] if v else None] for k, v in spec.items()}
         channels = a.shape[1] if a.dim() > 2 else a.shape[-1]
         quant_add_kernel[(-(-n // 4096),)](
-            a, b, a if bias_a is None else bias_a, a if bias_b is None else bias_b, y, q, n, channels,
-            scale["fq_a"], scale["fq_b"], scale["fq_out"], scale["codes"], HAS_BIAS_A=bias_a is not None,
+            a, b, a if bias_a is None else bias_a, a if bias_b is None else bias_b, y, n, channels,
+            scale["fq_a"], scale["fq_b"], scale["fq_out"], HAS_BIAS_A=bias_a is not None,
             HAS_BIAS_B=bias_b is not None, ELEMENT_A=element["fq_a"], ELEMENT_B=element["fq_b"], RELU=relu,
-            ELEMENT_OUT=element["fq_out"], CODES=element["codes"], BLOCK=4096, num_warps=8)
-        return (y, q) if codes else y
+            ELEMENT_OUT=element["fq_out"], BLOCK=4096, num_warps=8)
+        return y
 
     return one_pass
 

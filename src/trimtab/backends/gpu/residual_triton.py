@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from trimtab.backends.gpu.lowbit_triton import round_int8_as_float, round_to_int8
+from trimtab.backends.gpu.lowbit_triton import round_int8_as_float
 
 
 # Work per element is mostly type conversion, which H100s issue at 16 per clock per SM (an eighth
@@ -40,15 +40,6 @@ def _fake_quant(x, scale, ELEMENT: tl.constexpr):
 
 
 @triton.jit
-def _codes(x, scale, ELEMENT: tl.constexpr):
-    """The 8-bit codes of `_fake_quant(x, scale, ELEMENT)` (its QuantizeLinear's output)."""
-    y = libdevice.div_rn(x.to(tl.float32), scale)
-    if ELEMENT == 1:
-        return round_to_int8(y)
-    return tl.minimum(tl.maximum(y, -448.0), 448.0).to(tl.float8e4nv)
-
-
-@triton.jit
 def _input(ptr, bias_ptr, offs, live, C: tl.constexpr, scale, HAS_BIAS: tl.constexpr, ELEMENT: tl.constexpr):
     x = tl.load(ptr + offs, mask=live, other=0.0)
     if HAS_BIAS:
@@ -59,13 +50,11 @@ def _input(ptr, bias_ptr, offs, live, C: tl.constexpr, scale, HAS_BIAS: tl.const
 
 
 @triton.jit
-def quant_add_kernel(a_ptr, b_ptr, bias_a_ptr, bias_b_ptr, y_ptr, q_ptr, n, C: tl.constexpr, scale_a, scale_b,
-                     scale_out, scale_codes, HAS_BIAS_A: tl.constexpr, HAS_BIAS_B: tl.constexpr, ELEMENT_A: tl.constexpr,
-                     ELEMENT_B: tl.constexpr, RELU: tl.constexpr, ELEMENT_OUT: tl.constexpr, CODES: tl.constexpr,
-                     BLOCK: tl.constexpr):
+def quant_add_kernel(a_ptr, b_ptr, bias_a_ptr, bias_b_ptr, y_ptr, n, C: tl.constexpr, scale_a, scale_b, scale_out,
+                     HAS_BIAS_A: tl.constexpr, HAS_BIAS_B: tl.constexpr, ELEMENT_A: tl.constexpr,
+                     ELEMENT_B: tl.constexpr, RELU: tl.constexpr, ELEMENT_OUT: tl.constexpr, BLOCK: tl.constexpr):
     """The flat index fits int32 (the caller checks): the channel is a cheap remainder by the
-    compile-time C (one compiled kernel per channel count). CODES (1: int8, 2: fp8): also write
-    the output's 8-bit codes with `scale_codes` to q_ptr (for the 8-bit GEMMs that read it)."""
+    compile-time C (one compiled kernel per channel count)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = offs < n
     a = _input(a_ptr, bias_a_ptr, offs, live, C, scale_a, HAS_BIAS_A, ELEMENT_A)
@@ -75,6 +64,4 @@ def quant_add_kernel(a_ptr, b_ptr, bias_a_ptr, bias_b_ptr, y_ptr, q_ptr, n, C: t
         y = tl.maximum(y, 0.0)
     if ELEMENT_OUT != 0:
         y = _fake_quant(y, scale_out, ELEMENT_OUT)
-    if CODES != 0:  # of the fake-quantized y when there is one: the same codes, exactly
-        tl.store(q_ptr + offs, _codes(y, scale_codes, CODES), mask=live)
     tl.store(y_ptr + offs, y, mask=live)
