@@ -57,8 +57,7 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["conv"] = fuse_conv(plan)
     counts["linear"], counts["gelu"] = fuse_linear(plan, quantized or {})
     from trimtab.backends.gpu.fuse_int8 import (fuse_attention_quant, fuse_half_fake_quant, fuse_int8_linear,
-                                                  fuse_int8_pointwise_conv, fuse_norm_quant, fuse_requant,
-                                                  fuse_residual_quant)
+                                                  fuse_norm_quant, fuse_requant, fuse_residual_quant)
     from trimtab.backends.gpu.fuse_transformer import fuse_attention, fuse_layer_norm, fuse_qkv
 
     counts["qkv"] = fuse_qkv(plan)
@@ -70,8 +69,6 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["norm_quant"] = fuse_norm_quant(plan)
     counts["attention_quant"] = fuse_attention_quant(plan)
     counts["half_fake_quant"] = fuse_half_fake_quant(plan)
-    counts["int8_pointwise_conv"] = fuse_int8_pointwise_conv(plan, quantized or {})
-    _prune(plan)
     counts["residual_quant"] = fuse_residual_quant(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)

@@ -13,11 +13,7 @@
    element, writes that element itself (quantized in its epilogue) and its readers skip their
    quantize pass.
    (BERT's FFN: up-projection + GELU writes int8 for the down-projection.)
-10. `fuse_int8_pointwise_conv`: a 1x1 `trimtab.Conv` (stride 1, no padding, one group; ReLU or no
-   activation) with an 8-bit weight and a FakeQuant'd input becomes a `trimtab.QLinear` over the
-   channels-last activations ([N, C, H, W] lying as [N*H*W, C]: a GEMM with K = C, no copy), its
-   `pointwise_conv` attr telling the kernel to view it so.
-11. `fuse_residual_quant`: Add(FakeQuant(conv(x) + bias), FakeQuant(shortcut)) -> Relu -> FakeQuant
+10. `fuse_residual_quant`: Add(FakeQuant(conv(x) + bias), FakeQuant(shortcut)) -> Relu -> FakeQuant
    (a ResNet block's end, Q/DQ placed the TensorRT way, half-precision elsewhere) becomes one
    `trimtab.QuantAdd`: the FakeQuants read only by the Add, the Relu and FakeQuant after it, and
    the bias of a conv without activation whose output only that FakeQuant reads, all in one pass.
@@ -25,7 +21,7 @@
 
 from __future__ import annotations
 
-from trimtab.backends.gpu.fuse import _const, _Index, _new_const
+from trimtab.backends.gpu.fuse import _const, _Index
 from trimtab.backends.gpu.plan import Plan, Step
 
 _HALF = ("float16", "bfloat16")
@@ -244,37 +240,3 @@ def _half_fake_quant(plan: Plan, fake: Step | None) -> tuple[float, str] | None:
     if float(q_zero.float()) != 0 or float(dq_zero.float()) != 0 or float(q_scale) != float(dq_scale):
         return None
     return float(q_scale), element
-
-
-def fuse_int8_pointwise_conv(plan: Plan, quantized: dict) -> int:
-    index, done = _Index(plan), 0
-    for conv in [s for s in plan.steps if s.op == "trimtab.Conv"]:
-        weight = _const(plan, conv.inputs[1])
-        if weight is None or weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1) or not _pointwise(conv.attrs):
-            continue
-        source = quantized.get(conv.inputs[1])
-        found = _quantized_input(plan, index, conv.inputs[0])
-        if source is None or found is None or source.axis not in (None, 0) or plan.dtypes[conv.inputs[0]] not in _HALF:
-            continue
-        element = str(source.q.dtype).removeprefix("torch.")
-        x, x_scale, x_element = found
-        if x_element != element or plan.dtypes.get(x) not in _HALF:
-            continue
-        out_channels = weight.shape[0]
-        w_scale = source.scale.expand(out_channels) if source.axis is None else source.scale
-        conv.op = "trimtab.QLinear"
-        conv.inputs = [x, _new_const(plan, conv.inputs[1], weight.reshape(out_channels, -1)), conv.inputs[2]]
-        conv.attrs = {"act": conv.attrs.get("act"), "element": element, "x_scale": x_scale, "pointwise_conv": True,
-                      "w_q": source.q.reshape(out_channels, -1).contiguous(),
-                      "col_scale": (x_scale * w_scale.double()).float(), "out_dtype": plan.dtypes[conv.outputs[0]]}
-        index, done = _Index(plan), done + 1
-    return done
-
-
-def _pointwise(attrs: dict) -> bool:
-    """A 1x1 conv that is a plain GEMM over channels: stride 1, no padding, one group, no residual
-    input, and an activation the GEMM's epilogue has."""
-    ones = all(v == 1 for v in (attrs.get("strides") or [1]) + (attrs.get("dilations") or [1]))
-    return (ones and not any(attrs.get("pads") or [0]) and attrs.get("group", 1) == 1
-            and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID") and not attrs.get("residual")
-            and attrs.get("act") in (None, "relu"))

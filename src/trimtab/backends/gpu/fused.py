@@ -23,8 +23,7 @@
                        x_quantized), W[N, K] float (the float tactic), b?; attrs: element (int8 or
                        float8_e4m3fn), x_scale, w_q [N, K] of that element, col_scale [N], act,
                        split, out_dtype, out_scale (8-bit output for the next QLinear),
-                       x_quantized, pointwise_conv (x is a 1x1 conv's [N, C, H, W] input, used
-                       as its channels-last [N*H*W, C] view). On CUDA the first call times the 8-bit kernel against the
+                       x_quantized. On CUDA the first call times the 8-bit kernel against the
                        float path (fake-quant + F.linear in the artifact's float type) and keeps
                        the faster: `run.tactic["chosen"]`, reported per layer by the engine.
     trimtab.QuantAdd   fq_out(relu(fq_a(a + bias_a) + fq_b(b + bias_b))), every stage optional: an
@@ -266,12 +265,6 @@ def _qlinear(node):
         return paths[state["chosen"]](x, w, b)
 
     run.tactic = state
-    if a.get("pointwise_conv"):  # a 1x1 conv: [N, C, H, W] lying channels-last is [N, H, W, C] rows
-        def pointwise(x, w, b=None):
-            return run(x.permute(0, 2, 3, 1), w, b).permute(0, 3, 1, 2)
-
-        pointwise.tactic = state
-        return pointwise
     return run
 
 
