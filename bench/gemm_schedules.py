@@ -8,7 +8,10 @@ autotuned TMA kernel (`lowbit.qgemm`):
   tile, split i2f         int32 -> float by integer bit tricks instead of the conversion instruction
   persistent[, split i2f] one program per SM walking the tiles, `flatten`ed so the next tile's
                           loads are issued during this tile's epilogue
-Results: bench/results/gemm_schedules-2026-11-26-h100-epilogue.json. An earlier version of this
+  tile, big / persistent, big   256x256 tiles on 16 warps, 256x128 tiles, 2-CTA clusters
+                          (`--schedules "tile, big" "persistent, big"`)
+Results: bench/results/gemm_schedules-2026-11-26-h100-epilogue.json and ...-big-tiles.json
+(`docs/gpu.md`, "Runs 11-16"). An earlier version of this
 script also tried Triton's warp specialisation (on the K loop, and on a persistent tile loop, with
 and without a split epilogue store): no faster on the H100 (Triton 3.6), and it failed to compile
 with 4 warps (bench/results/gemm_schedules-2026-11-26-h100-ws.json).
