@@ -11,6 +11,8 @@ the reference than int8 is to fp32 (the quantization error itself, ~19 dB).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -31,9 +33,16 @@ def artifacts():
     from trimtab.examples import get_example
     from trimtab.load import load_model
 
+    from trimtab.errors import InvalidModelError
+
     built = {}
     for name in EXAMPLES:
-        example, model = get_example(name), load_model(f"example:{name}")
+        try:
+            example, model = get_example(name), load_model(f"example:{name}")
+        except InvalidModelError as exc:  # the GPU machine cannot install the examples' packages
+            if os.environ.get("CI") == "true":
+                raise  # CI installs them: a missing one there is a failure
+            pytest.skip(f"example {name} is not installed here ({exc})")
         batches = example.validation_data().batches(16)
         feeds = next(iter(batches)).inputs
         calibration = calibrate(model, example.calibration_data(), "minmax")
