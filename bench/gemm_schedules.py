@@ -39,7 +39,7 @@ from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from trimtab.backends.gpu import lowbit
-from trimtab.backends.gpu.lowbit_triton import epilogue, int_to_float, tile_of
+from trimtab.backends.gpu.lowbit_triton import epilogue, tile_of
 
 SHAPES = [("qkv", 768, 2304, None), ("attn_out", 768, 768, None), ("ffn_up", 768, 3072, "gelu"),
           ("ffn_down", 3072, 768, None)]
@@ -51,6 +51,16 @@ CONFIGS = [(128, 256, 128, 3, 8), (128, 128, 128, 4, 8), (128, 128, 128, 4, 4), 
 # 256x256 int32 tile in 128 registers a thread. A sixth entry is the CTA cluster size (num_ctas).
 BIG_CONFIGS = [(256, 256, 64, 3, 16), (256, 256, 128, 2, 16), (256, 128, 128, 3, 8), (128, 256, 128, 3, 8, 2),
                (256, 256, 64, 4, 16), (256, 128, 64, 4, 8)]
+
+
+@triton.jit
+def int_to_float(acc):
+    """float(acc) for an int32 tensor, correctly rounded, without the conversion instruction: the
+    high and low 16 bits each become an exact float by the same mantissa trick (the low half with
+    2^23 under it, the high half with 1.5 * 2^23), and one fused multiply-add joins them."""
+    lo = ((acc & 0xFFFF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    hi = ((acc >> 16) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+    return tl.fma(hi, 65536.0, lo)
 
 
 @triton.jit

@@ -56,6 +56,20 @@ def _quantized_input(plan: Plan, index: _Index, x: str) -> tuple[str, float, str
     fake = index.producer.get(x)
     if _float_cast(plan, fake):
         fake = index.producer.get(fake.inputs[0])
+    spec = _symmetric_fake_quant(plan, fake)
+    if spec is None:
+        return None
+    source = fake.inputs[0]
+    upcast = index.producer.get(source)
+    if (_float_cast(plan, upcast) and plan.dtypes.get(upcast.inputs[0]) in _HALF
+            and plan.dtypes.get(source) == "float32"):
+        source = upcast.inputs[0]  # fp16 -> fp32 is exact: quantize the fp16 tensor itself
+    return source, *spec
+
+
+def _symmetric_fake_quant(plan: Plan, fake: Step | None) -> tuple[float, str] | None:
+    """(scale, element) of a per-tensor symmetric FakeQuant (int8 or float8e4m3fn, zero points 0,
+    one scale for both halves), else None."""
     if fake is None or fake.op != "trimtab.FakeQuant" or fake.attrs.get("axis") is not None:
         return None
     element = fake.attrs.get("element", "int8")
@@ -66,12 +80,7 @@ def _quantized_input(plan: Plan, index: _Index, x: str) -> tuple[str, float, str
         return None
     if float(q_zero.float()) != 0 or float(dq_zero.float()) != 0 or float(q_scale) != float(dq_scale):
         return None
-    source = fake.inputs[0]
-    upcast = index.producer.get(source)
-    if (_float_cast(plan, upcast) and plan.dtypes.get(upcast.inputs[0]) in _HALF
-            and plan.dtypes.get(source) == "float32"):
-        source = upcast.inputs[0]  # fp16 -> fp32 is exact: quantize the fp16 tensor itself
-    return source, float(q_scale), element
+    return float(q_scale), element
 
 
 def _float_cast(plan: Plan, step: Step | None) -> bool:
@@ -226,17 +235,7 @@ def _absorb_input(plan: Plan, index: _Index, name: str, add: Step, absorbed: lis
 
 
 def _half_fake_quant(plan: Plan, fake: Step | None) -> tuple[float, str] | None:
-    """(scale, element) of a per-tensor symmetric FakeQuant that reads and writes the half type."""
-    if fake is None or fake.op != "trimtab.FakeQuant" or not fake.attrs.get("half"):
+    """`_symmetric_fake_quant` of a FakeQuant that reads and writes the half type."""
+    if fake is None or not fake.attrs.get("half"):
         return None
-    if fake.attrs.get("axis") is not None:
-        return None
-    element = fake.attrs.get("element", "int8")
-    if _SYMMETRIC.get(element) != (fake.attrs.get("lo"), fake.attrs.get("hi")):
-        return None
-    q_scale, q_zero, dq_scale, dq_zero = (_const(plan, name) for name in fake.inputs[1:5])
-    if any(t is None or t.numel() != 1 for t in (q_scale, q_zero, dq_scale, dq_zero)):
-        return None
-    if float(q_zero.float()) != 0 or float(dq_zero.float()) != 0 or float(q_scale) != float(dq_scale):
-        return None
-    return float(q_scale), element
+    return _symmetric_fake_quant(plan, fake)

@@ -48,16 +48,6 @@ def round_int8_as_float(y):
 
 
 @triton.jit
-def int_to_float(acc):
-    """float(acc) for an int32 tensor, correctly rounded, without the conversion instruction: the
-    high and low 16 bits each become an exact float by the same mantissa trick (the low half with
-    2^23 under it, the high half with 1.5 * 2^23), and one fused multiply-add joins them."""
-    lo = ((acc & 0xFFFF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    hi = ((acc >> 16) + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
-    return tl.fma(hi, 65536.0, lo)
-
-
-@triton.jit
 def epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
              OUT_Q: tl.constexpr, FAST: tl.constexpr, out_ty: tl.constexpr):
     y = acc.to(tl.float32) * tl.load(scale_ptr + cols, mask=cols < N, other=0.0)[None, :]
