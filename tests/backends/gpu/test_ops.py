@@ -147,3 +147,33 @@ def test_q_dq_rounds_half_to_even_like_onnx():
                                {"x": np.array([0.5, 1.5, 2.5, -0.5, 300.0], np.float32)},
                                {"s": np.array(1.0, np.float32), "z": np.array(0, np.int8)})
     np.testing.assert_array_equal(run_gpu(proto, feeds)["y"], [0.0, 2.0, 2.0, -0.0, 127.0])
+
+
+def _conv_classifier(weights: dict, bf16: bool):
+    """x[2,3,8,8] -> Conv+Relu -> GlobalAveragePool -> Flatten -> Gemm; with `bf16` the input and
+    the weights are cast to bfloat16 (the Casts of weights fold into bf16 constants) and the result
+    back to fp32, as a bf16 export computes."""
+    nodes, names = [], {name: name for name in ("x", *weights)}
+    if bf16:
+        for name in names:
+            nodes.append(node("Cast", [name], [f"{name}16"], to=TensorProto.BFLOAT16))
+            names[name] = f"{name}16"
+    nodes += [node("Conv", [names["x"], names["w"], names["b"]], ["c"], pads=[1, 1, 1, 1]), node("Relu", ["c"], ["r"]),
+              node("GlobalAveragePool", ["r"], ["g"]), node("Flatten", ["g"], ["f"]),
+              node("Gemm", ["f", names["wf"], names["bf"]], ["o" if bf16 else "y"], transB=1)]
+    if bf16:
+        nodes.append(node("Cast", ["o"], ["y"], to=TensorProto.FLOAT))
+    return model(nodes, [("x", F32, [2, 3, 8, 8])], [("y", F32, None)], list(weights.items()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_bf16_graph_matches_its_fp32_twin(device):
+    """The backend lowers bfloat16 graphs (ONNX Runtime's CPU provider has no bf16 Conv, so the
+    reference is the same network in fp32): bf16 keeps 8 mantissa bits, so 2e-2 of the output."""
+    feeds = {"x": x(2, 3, 8, 8)}
+    weights = {"w": x(6, 3, 3, 3, low=-0.5, high=0.5), "b": x(6, low=-0.1, high=0.1),
+               "wf": x(4, 6, low=-0.5, high=0.5), "bf": x(4, low=-0.1, high=0.1)}
+    want = reference(_conv_classifier(weights, bf16=False), feeds)["y"]
+    got = run_gpu(_conv_classifier(weights, bf16=True), feeds, device=device)["y"]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert 0 < rel_error(got, want) < 2e-2  # not bit-equal to fp32: it really ran in bf16
