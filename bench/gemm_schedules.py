@@ -79,12 +79,12 @@ def finish(acc, cols, N, scale_ptr, bias_ptr, out_scale, IS_INT8: tl.constexpr, 
 
 
 @triton.jit
-def tile_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8: tl.constexpr,
-                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr, FAST: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                SPLIT_I2F: tl.constexpr, CVT_ROUND: tl.constexpr):
-    """The engine's TMA kernel (one program per tile) with `finish` as its epilogue."""
-    pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+def _tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8: tl.constexpr,
+          HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr, FAST: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+          SPLIT_I2F: tl.constexpr, CVT_ROUND: tl.constexpr):
+    """One output tile as the engine's `_tma_tile` computes it, with `finish` as its epilogue."""
+    pid_m, pid_n = tile_of(tile_id, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if IS_INT8 else tl.float32)
     for ki in range(tl.cdiv(K, BLOCK_K)):
@@ -100,6 +100,16 @@ def tile_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale,
 
 
 @triton.jit
+def tile_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8: tl.constexpr,
+                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr, FAST: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                SPLIT_I2F: tl.constexpr, CVT_ROUND: tl.constexpr):
+    """One program per tile (the engine's TMA kernel's non-persistent configs)."""
+    _tile(tl.program_id(0), a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8, HAS_BIAS, ACT,
+          OUT_Q, FAST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_I2F, CVT_ROUND)
+
+
+@triton.jit
 def persistent_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8: tl.constexpr,
                       HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr, FAST: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -107,22 +117,10 @@ def persistent_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_
     """One program per SM walking the tiles; `flatten` lets the software pipeliner issue the next
     tile's loads during this tile's epilogue. (Warp specialisation, tried in the previous run of
     this script, was no faster on the H100 and did not compile with 4 warps.)"""
-    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    for tile_id in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True):
-        pid_m, pid_n = tile_of(tile_id, num_m, num_n, GROUP_M)
-        off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if IS_INT8 else tl.float32)
-        for ki in range(k_tiles):
-            a = a_desc.load([off_m, ki * BLOCK_K])
-            b = b_desc.load([off_n, ki * BLOCK_K])
-            if IS_INT8:
-                acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
-            else:
-                acc = tl.dot(a, b.T, acc)
-        cols = off_n + tl.arange(0, BLOCK_N)
-        c_desc.store([off_m, off_n], finish(acc, cols, N, scale_ptr, bias_ptr, out_scale, IS_INT8, HAS_BIAS, ACT,
-                                            OUT_Q, FAST, SPLIT_I2F, CVT_ROUND, c_desc.dtype))
+    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+        _tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q,
+              FAST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_I2F, CVT_ROUND)
 
 
 def launcher(schedule: str, cfg: tuple, a, w, col, bias, act, out_dtype, out_scale, **flags):
