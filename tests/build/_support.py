@@ -240,6 +240,53 @@ def encoder_block(seed: int = 0, dim: int = 16, hidden: int = 32) -> onnx.ModelP
     return make_model(graph, 17)
 
 
+def multi_head_attention_block(seed: int = 0, heads: int = 2, dim: int = 32) -> onnx.ModelProto:
+    """BERT's self-attention with several heads, as transformers export it: x[N,L,dim] and an
+    additive mask `mask`[N,1,1,L] -> Q/K/V MatMul + bias -> Reshape [N, L, heads, dim/heads] ->
+    Transpose [0, 2, 1, 3] (k: [0, 2, 3, 1]) -> MatMul(q, kT) -> Mul(1/sqrt(d)) -> Add(mask) ->
+    Softmax -> MatMul(probs, v) -> Transpose [0, 2, 1, 3] -> Reshape [N, L, dim] -> out MatMul +
+    bias -> residual Add -> y."""
+    rng = np.random.default_rng(seed)
+    head_dim = dim // heads
+    inits = [numpy_helper.from_array(np.array([0, 0, heads, head_dim], np.int64), "heads_shape"),
+             numpy_helper.from_array(np.array([0, 0, dim], np.int64), "merged_shape"),
+             numpy_helper.from_array(np.array(1 / np.sqrt(head_dim), np.float32), "inv_sqrt_d")]
+    for name in ("Wq", "Wk", "Wv", "Wo"):
+        inits += [_init(rng, name, (dim, dim)), _init(rng, f"{name}_b", (dim,), 0.1)]
+    nodes = []
+    for name in ("q", "k", "v"):
+        w = f"W{name}"
+        nodes += [helper.make_node("MatMul", ["x", w], [f"{name}_mm"], name=name),
+                  helper.make_node("Add", [f"{w}_b", f"{name}_mm"], [f"{name}_out"], name=f"{name}_bias"),
+                  helper.make_node("Reshape", [f"{name}_out", "heads_shape"], [f"{name}_heads"], name=f"{name}_reshape"),
+                  helper.make_node("Transpose", [f"{name}_heads"], [f"{name}_t"], name=f"{name}_transpose",
+                                   perm=[0, 2, 3, 1] if name == "k" else [0, 2, 1, 3])]
+    nodes += [
+        helper.make_node("MatMul", ["q_t", "k_t"], ["scores"], name="scores"),
+        helper.make_node("Mul", ["scores", "inv_sqrt_d"], ["scaled"], name="scale"),
+        helper.make_node("Add", ["scaled", "mask"], ["masked"], name="mask_add"),
+        helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v_t"], ["context"], name="context"),
+        helper.make_node("Transpose", ["context"], ["context_t"], name="context_transpose", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_t", "merged_shape"], ["merged"], name="merge_heads"),
+        helper.make_node("MatMul", ["merged", "Wo"], ["o_mm"], name="o"),
+        helper.make_node("Add", ["Wo_b", "o_mm"], ["o_out"], name="o_bias"),
+        helper.make_node("Add", ["o_out", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(nodes, "multi_head_attention",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", dim]),
+                               helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, 1, "L"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", dim])], inits)
+    return make_model(graph, 17)
+
+
+def multi_head_feeds(rng, batch: int = 4, length: int = 10, dim: int = 32) -> dict[str, np.ndarray]:
+    """Inputs for `multi_head_attention_block`: the last three keys of every odd sample are padding."""
+    mask = np.zeros((batch, 1, 1, length), np.float32)
+    mask[1::2, ..., -3:] = np.finfo(np.float32).min
+    return {"x": rng.standard_normal((batch, length, dim)).astype(np.float32), "mask": mask}
+
+
 def encoder_feeds(rng, batch: int = 4, length: int = 6, dim: int = 16) -> dict[str, np.ndarray]:
     """Inputs for `encoder_block`: the last two keys of every odd sample are padding."""
     mask = np.zeros((batch, 1, length), np.float32)

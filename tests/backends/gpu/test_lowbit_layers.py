@@ -24,6 +24,12 @@ def _int8_encoder(**options):
     return build_int8(block, minmax_ranges(block.proto, feeds), "tensorrt", **options), feeds
 
 
+def _eight_bit_linears(plan):
+    """The plan's 8-bit linear layers: QLinear steps, and the Q/K/V products inside QKVAttention."""
+    return [s for s in plan.steps if s.op == "trimtab.QLinear"
+            or (s.op == "trimtab.QKVAttention" and s.attrs["linear_op"] == "trimtab.QLinear")]
+
+
 def _run(proto, feeds, device="cpu"):
     with GpuBackend(proto, device=device, cache=False) as backend:
         got = backend.infer(feeds)["y"]
@@ -58,11 +64,12 @@ def test_an_ffn_up_projection_writes_int8_for_the_down_projection():
 def test_the_attention_writes_int8_for_the_output_projection():
     artifact, feeds = _int8_encoder(unquantized="fp16")
     got, plan, _ = _run(artifact.proto, feeds)
-    attention = [s for s in plan.steps if s.op == "trimtab.Attention"]
+    attention = [s for s in plan.steps if s.op in ("trimtab.Attention", "trimtab.QKVAttention")]
     assert len(attention) == 1 and plan.notes["fusions"]["attention_quant"] == 1
     head = attention[0]
-    assert plan.dtypes[head.outputs[0]] == head.attrs["out_element"] == "int8"
-    projection = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.attrs["x_scale"] == head.attrs["out_scale"]
+    attrs = head.attrs["attention"] if head.op == "trimtab.QKVAttention" else head.attrs
+    assert plan.dtypes[head.outputs[0]] == attrs["out_element"] == "int8"
+    projection = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.attrs["x_scale"] == attrs["out_scale"]
                   and plan.dtypes[s.inputs[0]] == "int8" and s.attrs["x_quantized"]]
     assert len(projection) == 1
     assert sqnr_db(got, reference(artifact.proto, feeds)["y"]) >= 30.0
@@ -197,7 +204,7 @@ def test_int8_with_fp16_elsewhere_runs_int8_gemms_and_matches_onnx_runtime():
     artifact, feeds = _int8_encoder(unquantized="fp16")
     assert artifact.name.endswith("-fp16") and artifact.notes["unquantized"] == "fp16"
     got, plan, notes = _run(artifact.proto, feeds)
-    qlinears = [s for s in plan.steps if s.op == "trimtab.QLinear"]
+    qlinears = _eight_bit_linears(plan)
     assert len(qlinears) == plan.notes["fusions"]["int8_linear"] == 4
     assert {plan.dtypes[s.outputs[0]] for s in qlinears} == {"float16", "int8"}
     assert not any(s.op == "trimtab.FakeQuant" for s in plan.steps)  # every Q/DQ pair became a GEMM input
@@ -237,7 +244,7 @@ def test_an_fp8_artifact_runs_fp8_gemms_and_matches_onnx_runtime():
     zero_points = [i for i in artifact.proto.graph.initializer if i.name.endswith("zero_point")]
     assert opset >= 19 and zero_points and all(i.data_type == 17 for i in zero_points)  # FLOAT8E4M3FN
     got, plan, notes = _run(artifact.proto, feeds)
-    qlinears = [s for s in plan.steps if s.op == "trimtab.QLinear"]
+    qlinears = _eight_bit_linears(plan)
     assert len(qlinears) == 4 and {s.attrs["element"] for s in qlinears} == {"float8_e4m3fn"}
     assert all(s.attrs["w_q"].dtype == torch.float8_e4m3fn for s in qlinears)
     assert set(v["ran"] for v in notes["layer_precisions"].values()) == {"float8_e4m3fn"}

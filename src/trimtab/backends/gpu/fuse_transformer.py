@@ -11,6 +11,11 @@
    becomes one `trimtab.LayerNorm` on the fp16 tensor with fp16 scale and bias (PyTorch's kernel
    accumulates the mean and variance in fp32), and Add(a, b) feeding it is folded in as a residual.
    Int8 linear layers that quantize the fp32 output read the fp16 copy (`_quantize_half_copy`).
+11. `fuse_qkv_attention` (run last): a fused Q/K/V linear layer (`trimtab.Linear` or the 8-bit
+   `trimtab.QLinear`, half-precision output) whose three outputs reach one `trimtab.Attention`
+   only through the head views (Reshape to [B, S, H, D] + Transpose [0, 2, 1, 3]; or, with one
+   head, none for q and v and Transpose [0, 2, 1] for k) becomes one `trimtab.QKVAttention`: on
+   CUDA one kernel (`qkv_attention_triton.py`) where timing at build finds it faster than the two.
 
 Same rule as fuse.py: a node is absorbed only when the tensor it reads from the chain has no
 other reader and is not a graph output.
@@ -194,3 +199,77 @@ def _quantize_half_copy(plan: Plan, index: _Index, norm: Step) -> None:
         reader.inputs[0] = casts[0].outputs[0]
     plan.steps.remove(casts[0])  # the copy is made right after the norm, before its new readers
     plan.steps.insert(plan.steps.index(norm) + 1, casts[0])
+
+
+# 11. Q/K/V projection + attention -----------------------------------------------------------------
+def fuse_qkv_attention(plan: Plan) -> int:
+    index, done = _Index(plan), 0
+    for attention in [s for s in plan.steps if s.op == "trimtab.Attention"]:
+        match = _match_qkv_attention(plan, index, attention)
+        if match is None:
+            continue
+        linear, views, rank, heads, offsets = match
+        attrs = {key: value for key, value in linear.attrs.items()}
+        attrs.update(linear_op=linear.op, heads=heads, offsets=offsets, rank=rank,
+                     qkv_shapes=[list(plan.shapes[n]) for n in attention.inputs[:3]],
+                     attention={k: v for k, v in attention.attrs.items()})
+        fused = Step("trimtab.QKVAttention", linear.name, [*linear.inputs[:3], attention.inputs[3]],
+                     list(attention.outputs), attrs, [*linear.fused, *(v.name for v in views), attention.name,
+                                                      *attention.fused])
+        plan.steps[plan.steps.index(attention)] = fused
+        for step in [linear, *views]:
+            plan.steps.remove(step)
+        index, done = _Index(plan), done + 1
+    return done
+
+
+def _match_qkv_attention(plan: Plan, index: _Index, attention: Step):
+    """(linear step, view steps, rank, heads, [q, k, v] column offsets in the linear's output) or None."""
+    rank = len(plan.shapes[attention.inputs[0]])
+    if len(attention.inputs) < 4 or attention.attrs.get("k_transposed") != (rank == 3):
+        return None
+    sources, views = [], []
+    for position, name in enumerate(attention.inputs[:3]):
+        chain = _head_views(plan, index, name, rank, transposed_key=position == 1 and rank == 3)
+        if chain is None:
+            return None
+        source, steps = chain
+        sources.append(source)
+        views += steps
+    linear = index.producer.get(sources[0])
+    if (linear is None or linear.op not in ("trimtab.Linear", "trimtab.QLinear") or linear.attrs.get("act")
+            or linear.attrs.get("out_scale") is not None or len(linear.attrs.get("split") or []) != 3
+            or sorted(sources) != sorted(linear.outputs) or plan.dtypes[sources[0]] not in _HALF
+            or any(index.sole_consumer(s) is None for s in sources)):
+        return None
+    split = linear.attrs["split"]
+    starts = [sum(split[:i]) for i in range(3)]
+    offsets = [starts[linear.outputs.index(s)] for s in sources]
+    head_dim = plan.shapes[attention.inputs[0]][-1]
+    if len(set(split)) != 1 or split[0] % head_dim:
+        return None
+    return linear, views, rank, split[0] // head_dim, offsets
+
+
+def _head_views(plan: Plan, index: _Index, name: str, rank: int, transposed_key: bool):
+    """(the linear output `name` is a view of, the view steps) when `name` is that output split into
+    heads ([B, S, H*D] -> Reshape [B, S, H, D] -> Transpose [0, 2, 1, 3]), or with rank 3 the output
+    itself (Transpose [0, 2, 1] for a transposed key); else None."""
+    step = index.producer.get(name)
+    if rank == 3:
+        if not transposed_key:
+            return name, []
+        if step is None or step.op != "Transpose" or list(step.attrs.get("perm", [])) != [0, 2, 1]:
+            return None
+        return (step.inputs[0], [step]) if index.sole_consumer(name) is not None else None
+    if (step is None or step.op != "Transpose" or list(step.attrs.get("perm", [])) != [0, 2, 1, 3]
+            or index.sole_consumer(name) is None):
+        return None
+    reshape = index.producer.get(step.inputs[0])
+    if reshape is None or reshape.op != "Reshape" or index.sole_consumer(step.inputs[0]) is not step:
+        return None
+    source = reshape.inputs[0]
+    b, s, h, d = plan.shapes[step.inputs[0]]
+    if plan.shapes.get(source) != [b, s, h * d]:
+        return None
+    return source, [reshape, step]

@@ -26,6 +26,12 @@
                        x_quantized. On CUDA the first call times the 8-bit kernel against the
                        float path (fake-quant + F.linear in the artifact's float type) and keeps
                        the faster: `run.tactic["chosen"]`, reported per layer by the engine.
+    trimtab.QKVAttention  a fused Q/K/V linear layer (Linear or QLinear, attrs as theirs, linear_op
+                       says which) and the attention that reads its outputs through head views;
+                       inputs x, W, b?, mask?; attrs heads, offsets ([q, k, v] column offsets),
+                       rank (3: one head, 4: [B, H, S, D]), qkv_shapes, attention (the Attention's
+                       attrs). On CUDA one Triton kernel (`qkv_attention_triton.py`) or the two
+                       steps' own kernels, whichever timing at build finds faster (`run.choice`)
     trimtab.QuantAdd   fq_out(relu(fq_a(a + bias_a) + fq_b(b + bias_b))), every stage optional: an
                        8-bit CNN's residual add with the Q/DQ around it and the bias of the conv
                        before it; inputs a, b, bias_a?, bias_b?; attrs fq_a, fq_b, fq_out ((scale,
@@ -46,7 +52,7 @@ import torch
 from trimtab.backends.gpu import lowbit
 import torch.nn.functional as F
 
-from trimtab.backends.gpu.ops import _CONV, axis_shape, conv_geometry, kernel
+from trimtab.backends.gpu.ops import _CONV, KERNELS, NodeSpec, axis_shape, conv_geometry, kernel
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +344,100 @@ def _captured(path, args: tuple, calls: int):
         log.info("timing a kernel choice without a CUDA graph (%s)", exc)
         return lambda: [path(*args) for _ in range(calls)]
     return graph.replay
+
+
+@kernel("trimtab.QKVAttention")
+def _qkv_attention(node):
+    a = node.attrs
+    rank, heads, offsets = int(a["rank"]), int(a["heads"]), [int(o) for o in a["offsets"]]
+    weight, bias = node.consts[1], node.consts[2] if len(node.consts) > 2 else None
+    linear = KERNELS[a["linear_op"]](NodeSpec(
+        a["linear_op"], node.name, {k: v for k, v in a.items() if k not in _QKV_ATTENTION_ATTRS},
+        [None, weight, bias], node.shapes[:3], node.opset, node.present[:3], node.device))
+    qkv_shapes = [tuple(shape) for shape in a["qkv_shapes"]]
+    mask_present = len(node.present) > 3 and node.present[3]
+    attention = KERNELS["trimtab.Attention"](NodeSpec(
+        "trimtab.Attention", node.name, dict(a["attention"]), [None] * 4,
+        [*qkv_shapes, node.shapes[3] if mask_present else None], node.opset, [True, True, True, mask_present],
+        node.device))
+
+    def views(outputs):
+        by_offset = dict(zip(_split_starts(a["split"]), outputs))
+        q, k, v = (by_offset[offset] for offset in offsets)
+        if rank == 3:
+            return q, k.transpose(1, 2), v
+        return tuple(t.reshape(shape[0], shape[2], shape[1], shape[3]).transpose(1, 2) for t, shape in
+                     zip((q, k, v), qkv_shapes))
+
+    def separate(x, w, b=None, mask=None):
+        return attention(*views(linear(x, w, b)), mask)
+
+    if node.device != "cuda":
+        if hasattr(linear, "tactic"):
+            separate.tactic = linear.tactic  # the 8-bit Q/K/V product, reported per layer
+        return separate
+    fused = _qkv_attention_fused(a, rank, heads, offsets, weight)
+    run = _chosen_on_first_call({"separate": separate, "fused": fused}, fused.fits)
+    # the layer's precision as the report shows it: the Q/K/V product ran 8-bit in the fused kernel
+    tactic = {"chosen": None, "ms": {}}
+    if a["linear_op"] == "trimtab.QLinear":
+        def traced(*args):
+            out = run(*args)
+            if tactic["chosen"] is None:
+                low = a.get("element", "int8")
+                tactic["chosen"] = low if run.choice["chosen"] == "fused" else linear.tactic["chosen"]
+                fused_ms = run.choice["ms"].get("fused")
+                tactic["ms"] = {**linear.tactic["ms"], **({f"{low} with attention": fused_ms} if fused_ms else {})}
+            return out
+
+        traced.tactic, traced.choice = tactic, run.choice
+        return traced
+    return run
+
+
+_QKV_ATTENTION_ATTRS = ("linear_op", "heads", "offsets", "rank", "qkv_shapes", "attention")
+
+
+def _split_starts(split: list) -> list[int]:
+    return [sum(split[:i]) for i in range(len(split))]
+
+
+def _qkv_attention_fused(a: dict, rank: int, heads: int, offsets: list, weight: torch.Tensor):
+    """The one-kernel path of a `trimtab.QKVAttention` step (CUDA), with `fits` saying whether a
+    call's operands suit it."""
+    from trimtab.backends.gpu import qkv_attention_triton as kernel
+
+    attention = a["attention"]
+    out_q = None
+    if attention.get("out_element"):
+        out_q = (float(attention["out_scale"]), getattr(torch, attention["out_element"]))
+    half = getattr(torch, a.get("out_dtype") or str(weight.dtype).removeprefix("torch."))
+    low = a.get("w_q") is not None
+    element = getattr(torch, a.get("element", "int8"))
+    w = a["w_q"].to("cuda") if low else None
+    col_scale = a["col_scale"].to("cuda") if low else None
+    x_scale, x_quantized = float(a.get("x_scale", 1.0)), bool(a.get("x_quantized", False))
+
+    def operands(x, w_float, mask):
+        if low and not x_quantized:
+            x = lowbit.quantize(x, x_scale, element)
+        if mask is not None and rank == 3:  # [N, 1 | L, L] scores of one head: the head axis is 1
+            mask = mask.reshape((1,) * (3 - mask.dim()) + tuple(mask.shape)).unsqueeze(1)
+        return x, (w if low else w_float), mask
+
+    def run(x, w_float, b=None, mask=None):
+        x, w_op, mask = operands(x, w_float, mask)
+        out = kernel.qkv_attention(x, w_op, col_scale, b, tuple(offsets), heads, mask, attention.get("scale"), half, out_q)
+        return out.squeeze(1) if rank == 3 else out
+
+    def fits(x, w_float, b=None, mask=None):
+        if x.dim() != 3 or half not in (torch.float16, torch.bfloat16) or sorted(offsets) != _split_starts(a["split"]):
+            return False
+        x, w_op, mask = operands(x, w_float, mask)
+        return kernel.supported(x, w_op, heads, mask)
+
+    run.fits = fits
+    return run
 
 
 @kernel("trimtab.QuantAdd")

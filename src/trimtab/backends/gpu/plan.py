@@ -19,7 +19,8 @@ import torch
 
 from trimtab._io import atomic_write_bytes, atomic_write_json
 
-FORMAT = 5  # 2: 8-bit linear layers (trimtab.QLinear); 3: LayerNorms writing 8-bit copies; 4: fp16 FakeQuant; 5: QuantAdd
+FORMAT = 6  # 2: 8-bit linear layers (trimtab.QLinear); 3: LayerNorms writing 8-bit copies; 4: fp16 FakeQuant; 5: QuantAdd
+# 6: QKVAttention
 _TENSOR_ATTR = "__tensor__"
 
 

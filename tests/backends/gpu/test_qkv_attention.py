@@ -1,0 +1,131 @@
+"""The Q/K/V projection and the attention as one step (`trimtab.QKVAttention`): the plan rewrite on
+every device, ONNX Runtime as the yardstick, and on CUDA the one-kernel path against the two
+kernels it replaces (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.backends.gpu._support import DEVICES, needs_cuda, reference, rel_error
+from tests.build._support import (as_model, encoder_block, encoder_feeds, minmax_ranges, multi_head_attention_block,
+                                  multi_head_feeds)
+from trimtab.backends.gpu import GpuBackend
+from trimtab.measure.metrics import sqnr_db
+
+torch = pytest.importorskip("torch")
+
+
+def _artifact(block, feeds, precision: str):
+    from trimtab.build import build_fp8, build_fp16, build_int8
+
+    model = as_model(block)
+    if precision == "fp16":
+        return build_fp16(model).proto
+    ranges = minmax_ranges(model.proto, feeds)
+    if precision == "fp8":
+        return build_fp8(model, ranges, method_name="minmax").proto
+    return build_int8(model, ranges, "tensorrt", unquantized="fp16").proto
+
+
+def _run(proto, feeds, device):
+    with GpuBackend(proto, device=device, cache=False) as backend:
+        got = backend.infer(feeds)["y"]
+        info = backend.builds[-1]
+        return got, backend.engine({k: v.shape for k, v in feeds.items()}).plan, info.notes
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", ["fp16", "int8", "fp8"])
+@pytest.mark.parametrize("heads", [2, 1])
+def test_projection_and_attention_become_one_step_and_match_onnx_runtime(precision, heads, device):
+    rng = np.random.default_rng(0)
+    if heads == 1:  # the single-head 3-D form (no head views; k transposed by a Transpose [0, 2, 1])
+        block, feeds = encoder_block(), encoder_feeds(rng, batch=8)
+    else:
+        block, feeds = multi_head_attention_block(heads=heads), multi_head_feeds(rng, batch=8)
+    proto = _artifact(block, feeds, precision)
+    got, plan, notes = _run(proto, feeds, device)
+    fused = [s for s in plan.steps if s.op == "trimtab.QKVAttention"]
+    assert len(fused) == plan.notes["fusions"]["qkv_attention"] == 1
+    assert not any(s.op == "trimtab.Attention" for s in plan.steps)
+    step = fused[0]
+    assert step.attrs["heads"] == heads and step.attrs["rank"] == (3 if heads == 1 else 4)
+    assert step.attrs["linear_op"] == ("trimtab.Linear" if precision == "fp16" else "trimtab.QLinear")
+    want = reference(proto, feeds)["y"]
+    if precision == "fp16":
+        assert rel_error(got, want) < 1e-2
+    else:
+        assert sqnr_db(got, want) >= 30.0
+        assert step.name in notes["layer_precisions"]  # the Q/K/V product is still reported per layer
+    if device == "cuda":
+        assert notes["kernel_choices"][step.name]["ran"] in ("fused", "separate")
+
+
+def test_a_float32_projection_is_left_to_the_separate_kernels():
+    """fp32 artifacts keep q, k, v in fp32 (SDPA without TF32): the one-kernel path is half-only."""
+    feeds = multi_head_feeds(np.random.default_rng(0))
+    got, plan, _ = _run(multi_head_attention_block(), feeds, "cpu")
+    assert "qkv_attention" not in plan.notes["fusions"]
+    assert rel_error(got, reference(multi_head_attention_block(), feeds)["y"]) < 1e-5
+
+
+def _separate(x, w, col, bias, mask, heads, out_q, half=torch.float16):
+    from trimtab.backends.gpu import attention_triton, lowbit
+
+    b, s, _ = x.shape
+    hidden = w.shape[0] // 3
+    if col is None:
+        y = torch.nn.functional.linear(x, w, bias)
+    else:
+        y = lowbit.qgemm(x, w, col, bias, None, half)
+    q, k, v = (t.reshape(b, s, heads, hidden // heads).transpose(1, 2) for t in y.split(hidden, dim=-1))
+    return attention_triton.attention(q, k, v, mask, None, out_q)
+
+
+@needs_cuda
+@pytest.mark.parametrize("element", ["int8", "float8_e4m3fn", "float16"])
+def test_the_one_kernel_path_matches_the_projection_then_the_attention(element):
+    from trimtab.backends.gpu import lowbit
+    from trimtab.backends.gpu.qkv_attention_triton import qkv_attention, supported
+
+    element = getattr(torch, element)
+    torch.manual_seed(0)
+    for b, s, k, heads, d in [(4, 128, 768, 12, 64), (3, 77, 128, 4, 32), (2, 16, 64, 1, 64)]:
+        hidden = heads * d
+        x = torch.randn(b, s, k, device="cuda", dtype=torch.float16)
+        w = torch.randn(3 * hidden, k, device="cuda", dtype=torch.float16) / k ** 0.5 * 2
+        bias = torch.randn(3 * hidden, device="cuda", dtype=torch.float16) * 0.1
+        mask = torch.zeros(b, 1, 1, s, device="cuda", dtype=torch.float16)
+        mask[-1, ..., s - 5:] = torch.finfo(torch.float16).min
+        col, out_q = None, None
+        if element != torch.float16:
+            top = 127 if element == torch.int8 else lowbit.FP8_MAX
+            x_scale, w_scale = float(x.abs().max()) / top, w.float().abs().amax(dim=1) / top
+            x = lowbit.quantize(x, x_scale, element)
+            w = lowbit.quantize_reference(w.float() / w_scale[:, None], 1.0, element).contiguous()
+            col = (x_scale * w_scale).float().contiguous()
+        want_float = _separate(x, w, col, bias, mask, heads, None)
+        assert supported(x, w, heads, mask)
+        got = qkv_attention(x, w, col, bias, (0, hidden, 2 * hidden), heads, mask, None, torch.float16)
+        assert got.shape == want_float.shape == (b, heads, s, d)
+        torch.testing.assert_close(got, want_float, rtol=2e-3, atol=2e-3)
+        if element != torch.float16:  # the output quantized for the 8-bit output projection
+            out_q = (float(want_float.abs().max()) / (127 if element == torch.int8 else 448), element)
+            got_q = qkv_attention(x, w, col, bias, (0, hidden, 2 * hidden), heads, mask, None, torch.float16, out_q)
+            want_q = _separate(x, w, col, bias, mask, heads, out_q)
+            assert got_q.dtype == element
+            differ = (got_q.float() != want_q.float()).float().mean()
+            assert differ < 1e-2
+            if element == torch.int8:
+                assert (got_q.int() - want_q.int()).abs().max() <= 1
+        # the projection's column order may put q, k and v anywhere
+        shuffled = torch.cat([w[hidden:2 * hidden], w[2 * hidden:], w[:hidden]])
+        shuffled_col = None if col is None else torch.cat([col[hidden:2 * hidden], col[2 * hidden:], col[:hidden]])
+        shuffled_bias = torch.cat([bias[hidden:2 * hidden], bias[2 * hidden:], bias[:hidden]])
+        again = qkv_attention(x, shuffled, shuffled_col, shuffled_bias, (2 * hidden, 0, hidden), heads, mask, None,
+                              torch.float16)
+        assert torch.equal(again, got)
+    assert not supported(x, w, 5, mask)  # head size not a power of two
+    long = torch.zeros(1, 300, w.shape[1], device="cuda", dtype=x.dtype)
+    assert not supported(long, w, heads, None)  # scores of 300 keys do not fit one program
