@@ -307,8 +307,8 @@ def test_on_cuda_the_8bit_layers_time_their_tactic_and_agree_with_the_cpu_refere
                 else build_int8(block, ranges, "tensorrt", unquantized="fp16"))
     got, plan, notes = _run(artifact.proto, feeds, device="cuda")
     want = _run(artifact.proto, feeds, device="cpu")[0]
-    assert sum(s.op == "trimtab.QLinear" for s in plan.steps) == 4
-    assert all(len(v["ms"]) == 2 for v in notes["layer_precisions"].values())
+    assert len(_eight_bit_linears(plan)) == 4
+    assert all(len(v["ms"]) >= 2 for v in notes["layer_precisions"].values())
     assert sqnr_db(got, want) >= 30.0
 
 

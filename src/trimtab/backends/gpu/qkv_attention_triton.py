@@ -28,6 +28,9 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # (BLOCK_K, warps, stages). With 4 warps the three [128, 64] accumulators take about 200 registers
 # a thread, and two programs fit one SM: one's attention runs while the other multiplies.
 CONFIGS = [(128, 8, 3), (64, 8, 4), (128, 8, 2), (64, 4, 3), (128, 4, 2), (64, 4, 2), (64, 4, 4), (32, 4, 4)]
+# Two sequences a program (8 warps): each weight tile loaded from L2 serves 256 rows, not 128. At
+# BERT's shapes the kernels move more bytes through L2 than through the tensor cores' time.
+PAIR_CONFIGS = [(64, 3), (64, 4), (128, 2), (32, 4)]
 MAX_SEQUENCE = 128
 
 
@@ -44,8 +47,10 @@ def _project(acc, scale_ptr, bias_ptr, cols, HAS_SCALE: tl.constexpr, HAS_BIAS: 
 @triton.jit
 def _mma(a, b, acc, IS_INT8: tl.constexpr):
     if IS_INT8:
-        return tl.dot(a, b, acc, out_dtype=tl.int32)
-    return tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
 
 
 @triton.jit
@@ -90,32 +95,76 @@ def _products(x_ptrs, w_ptr, row_ok, q_rows, k_rows, v_rows, K, IS_INT8: tl.cons
 @triton.jit
 def _rows(x_ptrs, row_ok, EVEN_S: tl.constexpr):
     if EVEN_S:
-        return tl.load(x_ptrs)
-    return tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+        a = tl.load(x_ptrs)
+    else:
+        a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+    return a
 
 
-@triton.autotune(configs=[triton.Config({"BLOCK_K": bk, "MERGE_QK": merge}, num_warps=w, num_stages=s)
-                          for merge in (False, True) for bk, w, s in CONFIGS],
-                 key=["S", "K", "D", "IS_INT8", "OUT_Q", "HAS_MASK"], prune_configs_by={"early_config_prune": few_configs})
+def _configs():
+    one = [triton.Config({"BLOCK_K": bk, "MERGE_QK": merge, "PAIR": 1}, num_warps=w, num_stages=s)
+           for merge in (False, True) for bk, w, s in CONFIGS]
+    two = [triton.Config({"BLOCK_K": bk, "MERGE_QK": False, "PAIR": 2}, num_warps=8, num_stages=s)
+           for bk, s in PAIR_CONFIGS]
+    return one + two
+
+
+def _prune(configs, named_args, **kwargs):
+    """Tiles that divide K (the K loop is not masked), and two sequences a program only where every
+    sequence fills its block and they come in pairs."""
+    configs = [c for c in configs if named_args["K"] % c.kwargs["BLOCK_K"] == 0]
+    if not named_args.get("PAIRS_OK", kwargs.get("PAIRS_OK")):
+        configs = [c for c in configs if c.kwargs["PAIR"] == 1]
+    return few_configs(configs, named_args, **kwargs)
+
+
+@triton.autotune(configs=_configs(), key=["S", "K", "D", "IS_INT8", "OUT_Q", "HAS_MASK", "PAIRS_OK"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _qkv_attention(x_ptr, w_ptr, scale_ptr, bias_ptr, m_ptr, o_ptr, H, S, K, off_q, off_k, off_v, qk_scale, out_scale,
                    smb, smh, smq, smk, IS_INT8: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                    HAS_MASK: tl.constexpr, OUT_Q: tl.constexpr, BF16: tl.constexpr, D: tl.constexpr,
-                   BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, BLOCK_K: tl.constexpr, MERGE_QK: tl.constexpr):
+                   BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, PAIRS_OK: tl.constexpr, BLOCK_K: tl.constexpr,
+                   MERGE_QK: tl.constexpr, PAIR: tl.constexpr):
     half: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
     pid = tl.program_id(0)  # sequence-major: the heads of one sequence run side by side and share x in L2
-    b, h = pid // H, pid % H
-    rows = tl.arange(0, BLOCK_S)
+    b, h = (pid // H) * PAIR, pid % H
+    rows = tl.arange(0, BLOCK_S * PAIR)  # PAIR = 2 (full blocks only): two sequences' rows, one after the other
     row_ok = rows < S
     d = tl.arange(0, D)
     x_ptrs = x_ptr + (b * S + rows)[:, None].to(tl.int64) * K + tl.arange(0, BLOCK_K)[None, :]
     head = h * D + d
     acc_q, acc_k, acc_v = _products(x_ptrs, w_ptr, row_ok, off_q + head, off_k + head, off_v + head, K, IS_INT8,
-                                    MERGE_QK, EVEN_S, BLOCK_S, BLOCK_K, D)
+                                    MERGE_QK, EVEN_S or PAIR == 2, BLOCK_S * PAIR, BLOCK_K, D)
     q = _project(acc_q, scale_ptr, bias_ptr, off_q + head, HAS_SCALE, HAS_BIAS, half)
     k = _project(acc_k, scale_ptr, bias_ptr, off_k + head, HAS_SCALE, HAS_BIAS, half)
     v = _project(acc_v, scale_ptr, bias_ptr, off_v + head, HAS_SCALE, HAS_BIAS, half)
+    if PAIR == 1:
+        _attend(q, k, v, m_ptr, o_ptr, b, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK, OUT_Q, half, D,
+                BLOCK_S)
+    else:
+        q0, q1 = _halves(q, BLOCK_S, D)
+        k0, k1 = _halves(k, BLOCK_S, D)
+        v0, v1 = _halves(v, BLOCK_S, D)
+        _attend(q0, k0, v0, m_ptr, o_ptr, b, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK, OUT_Q, half,
+                D, BLOCK_S)
+        _attend(q1, k1, v1, m_ptr, o_ptr, b + 1, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK, OUT_Q,
+                half, D, BLOCK_S)
 
+
+@triton.jit
+def _halves(t, BLOCK_S: tl.constexpr, D: tl.constexpr):
+    """[2 * BLOCK_S, D] -> its first and second BLOCK_S rows."""
+    return tl.split(tl.permute(tl.reshape(t, (2, BLOCK_S, D)), (1, 2, 0)))
+
+
+@triton.jit
+def _attend(q, k, v, m_ptr, o_ptr, b, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK: tl.constexpr,
+            OUT_Q: tl.constexpr, half: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """softmax(q k^T * scale + mask) v for one sequence and head, the whole key row in one block,
+    written (or quantized) to its [S, D] place in the [B, S, H, D] output."""
+    rows = tl.arange(0, BLOCK_S)
+    row_ok = rows < S
     s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 units: softmax by exp2
     if HAS_MASK:
         mask = tl.load(m_ptr + b * smb + h * smh + rows[:, None] * smq + rows[None, :] * smk,
@@ -125,7 +174,7 @@ def _qkv_attention(x_ptr, w_ptr, scale_ptr, bias_ptr, m_ptr, o_ptr, H, S, K, off
     s = tl.where(row_ok[None, :], s, float("-inf"))
     p = tl.math.exp2(s - tl.max(s, 1)[:, None])
     o = tl.dot(p.to(half), v) / tl.sum(p, 1)[:, None]
-    o_ptrs = o_ptr + (b * S + rows)[:, None].to(tl.int64) * (H * D) + head[None, :]
+    o_ptrs = o_ptr + (b * S + rows)[:, None].to(tl.int64) * (H * D) + (h * D + tl.arange(0, D))[None, :]
     if OUT_Q == 1:
         o = round_to_int8(o * (1.0 / out_scale))
     elif OUT_Q == 2:
@@ -153,11 +202,14 @@ def supported(x: torch.Tensor, w: torch.Tensor, heads: int, mask: torch.Tensor |
 
 def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | None, bias: torch.Tensor | None,
                   offsets: tuple[int, int, int], heads: int, mask: torch.Tensor | None, scale: float | None,
-                  half: torch.dtype, out_q: tuple[float, torch.dtype] | None = None) -> torch.Tensor:
+                  half: torch.dtype, out_q: tuple[float, torch.dtype] | None = None, config: dict | None = None
+                  ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with q, k, v the `offsets` (start rows) slices of
     x @ w^T * col_scale + bias, each rounded to `half` and split into `heads` heads. x [B, S, K]
     (int8, fp8, or `half`), w [3 * hidden, K] of x's type; returns [B, heads, S, head_dim] (a view
-    of a [B, S, heads, head_dim] buffer) in `half`, or quantized with `out_q` (scale, dtype)."""
+    of a [B, S, heads, head_dim] buffer) in `half`, or quantized with `out_q` (scale, dtype).
+    `config` (tests): run these meta-parameters (BLOCK_K, MERGE_QK, PAIR, num_warps, num_stages)
+    instead of the autotuned ones."""
     b, s, k = x.shape
     hidden = w.shape[0] // 3
     d = hidden // heads
@@ -170,10 +222,14 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
     else:
         mask, strides = x, [0, 0, 0, 0]
     out_kind = 0 if not out_q else (1 if out_q[1] == torch.int8 else 2)
-    _qkv_attention[(b * heads,)](
+    block = max(16, triton.next_power_of_2(s))
+    pairs_ok = s == block and b % 2 == 0
+    launch = _qkv_attention if config is None else _qkv_attention.fn
+    _qkv_attention_args = config or {}
+    launch[lambda meta: (b // meta["PAIR"] * heads,)](
         x, w.contiguous(), col_scale if col_scale is not None else x, bias if bias is not None else x, mask, out,
         heads, s, k, *offsets, scale * 1.4426950408889634, out_q[0] if out_q else 1.0, *strides,
         IS_INT8=x.dtype == torch.int8, HAS_SCALE=col_scale is not None, HAS_BIAS=bias is not None,
         HAS_MASK=mask is not x, OUT_Q=out_kind, BF16=half == torch.bfloat16, D=d,
-        BLOCK_S=max(16, triton.next_power_of_2(s)), EVEN_S=s == max(16, triton.next_power_of_2(s)))
+        BLOCK_S=block, EVEN_S=s == block, PAIRS_OK=pairs_ok, **_qkv_attention_args)
     return out.permute(0, 2, 1, 3)
