@@ -25,12 +25,12 @@ import triton.language as tl
 from trimtab.backends.gpu.lowbit_triton import few_configs, round_to_int8
 
 LOG2E = tl.constexpr(1.4426950408889634)
-# (BLOCK_K, warps, stages). With 4 warps the three [128, 64] accumulators take about 200 registers
-# a thread, and two programs fit one SM: one's attention runs while the other multiplies.
-CONFIGS = [(128, 8, 3), (64, 8, 4), (128, 8, 2), (64, 4, 3), (128, 4, 2), (64, 4, 2), (64, 4, 4), (32, 4, 4)]
-# Two sequences a program (8 warps): each weight tile loaded from L2 serves 256 rows, not 128. At
-# BERT's shapes the kernels move more bytes through L2 than through the tensor cores' time.
-PAIR_CONFIGS = [(64, 3), (64, 4), (128, 2), (32, 4)]
+# (BLOCK_K, warps, stages), each with q and k as one product or not. With 4 warps the three
+# [128, 64] accumulators take all 255 registers a thread can have, no spills, and two programs fit
+# one SM: one's attention runs while the other multiplies. On an H100 at BERT-base's shapes these
+# beat every 8-warp tile (one program an SM) by 15-25%, and two sequences a program (each weight
+# tile serving 256 rows) spilled and lost 20% (bench/results/qkv_attention-2026-11-26-h100.json).
+CONFIGS = [(64, 4, 4), (64, 4, 3), (128, 4, 2), (32, 4, 4)]
 MAX_SEQUENCE = 128
 
 
@@ -101,61 +101,33 @@ def _rows(x_ptrs, row_ok, EVEN_S: tl.constexpr):
     return a
 
 
-def _configs():
-    one = [triton.Config({"BLOCK_K": bk, "MERGE_QK": merge, "PAIR": 1}, num_warps=w, num_stages=s)
-           for merge in (False, True) for bk, w, s in CONFIGS]
-    two = [triton.Config({"BLOCK_K": bk, "MERGE_QK": False, "PAIR": 2}, num_warps=8, num_stages=s)
-           for bk, s in PAIR_CONFIGS]
-    return one + two
-
-
 def _prune(configs, named_args, **kwargs):
-    """Tiles that divide K (the K loop is not masked), and two sequences a program only where every
-    sequence fills its block and they come in pairs."""
-    configs = [c for c in configs if named_args["K"] % c.kwargs["BLOCK_K"] == 0]
-    if not named_args.get("PAIRS_OK", kwargs.get("PAIRS_OK")):
-        configs = [c for c in configs if c.kwargs["PAIR"] == 1]
-    return few_configs(configs, named_args, **kwargs)
+    """Tiles that divide K: the K loop is not masked."""
+    return few_configs([c for c in configs if named_args["K"] % c.kwargs["BLOCK_K"] == 0], named_args, **kwargs)
 
 
-@triton.autotune(configs=_configs(), key=["S", "K", "D", "IS_INT8", "OUT_Q", "HAS_MASK", "PAIRS_OK"],
+@triton.autotune(configs=[triton.Config({"BLOCK_K": bk, "MERGE_QK": merge}, num_warps=w, num_stages=s)
+                          for bk, w, s in CONFIGS for merge in (True, False)],
+                 key=["S", "K", "D", "IS_INT8", "OUT_Q", "HAS_MASK"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _qkv_attention(x_ptr, w_ptr, scale_ptr, bias_ptr, m_ptr, o_ptr, H, S, K, off_q, off_k, off_v, qk_scale, out_scale,
                    smb, smh, smq, smk, IS_INT8: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                    HAS_MASK: tl.constexpr, OUT_Q: tl.constexpr, BF16: tl.constexpr, D: tl.constexpr,
-                   BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, PAIRS_OK: tl.constexpr, BLOCK_K: tl.constexpr,
-                   MERGE_QK: tl.constexpr, PAIR: tl.constexpr):
+                   BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, BLOCK_K: tl.constexpr, MERGE_QK: tl.constexpr):
     half: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
     pid = tl.program_id(0)  # sequence-major: the heads of one sequence run side by side and share x in L2
-    b, h = (pid // H) * PAIR, pid % H
-    rows = tl.arange(0, BLOCK_S * PAIR)  # PAIR = 2 (full blocks only): two sequences' rows, one after the other
-    row_ok = rows < S
-    d = tl.arange(0, D)
+    b, h = pid // H, pid % H
+    rows = tl.arange(0, BLOCK_S)
     x_ptrs = x_ptr + (b * S + rows)[:, None].to(tl.int64) * K + tl.arange(0, BLOCK_K)[None, :]
-    head = h * D + d
-    acc_q, acc_k, acc_v = _products(x_ptrs, w_ptr, row_ok, off_q + head, off_k + head, off_v + head, K, IS_INT8,
-                                    MERGE_QK, EVEN_S or PAIR == 2, BLOCK_S * PAIR, BLOCK_K, D)
+    head = h * D + tl.arange(0, D)
+    acc_q, acc_k, acc_v = _products(x_ptrs, w_ptr, rows < S, off_q + head, off_k + head, off_v + head, K, IS_INT8,
+                                    MERGE_QK, EVEN_S, BLOCK_S, BLOCK_K, D)
     q = _project(acc_q, scale_ptr, bias_ptr, off_q + head, HAS_SCALE, HAS_BIAS, half)
     k = _project(acc_k, scale_ptr, bias_ptr, off_k + head, HAS_SCALE, HAS_BIAS, half)
     v = _project(acc_v, scale_ptr, bias_ptr, off_v + head, HAS_SCALE, HAS_BIAS, half)
-    if PAIR == 1:
-        _attend(q, k, v, m_ptr, o_ptr, b, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK, OUT_Q, half, D,
-                BLOCK_S)
-    else:
-        q0, q1 = _halves(q, BLOCK_S, D)
-        k0, k1 = _halves(k, BLOCK_S, D)
-        v0, v1 = _halves(v, BLOCK_S, D)
-        _attend(q0, k0, v0, m_ptr, o_ptr, b, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK, OUT_Q, half,
-                D, BLOCK_S)
-        _attend(q1, k1, v1, m_ptr, o_ptr, b + 1, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK, OUT_Q,
-                half, D, BLOCK_S)
-
-
-@triton.jit
-def _halves(t, BLOCK_S: tl.constexpr, D: tl.constexpr):
-    """[2 * BLOCK_S, D] -> its first and second BLOCK_S rows."""
-    return tl.split(tl.permute(tl.reshape(t, (2, BLOCK_S, D)), (1, 2, 0)))
+    _attend(q, k, v, m_ptr, o_ptr, b, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK, OUT_Q, half, D,
+            BLOCK_S)
 
 
 @triton.jit
@@ -208,7 +180,7 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
     x @ w^T * col_scale + bias, each rounded to `half` and split into `heads` heads. x [B, S, K]
     (int8, fp8, or `half`), w [3 * hidden, K] of x's type; returns [B, heads, S, head_dim] (a view
     of a [B, S, heads, head_dim] buffer) in `half`, or quantized with `out_q` (scale, dtype).
-    `config` (tests): run these meta-parameters (BLOCK_K, MERGE_QK, PAIR, num_warps, num_stages)
+    `config` (tests): run these meta-parameters (BLOCK_K, MERGE_QK, num_warps, num_stages)
     instead of the autotuned ones."""
     b, s, k = x.shape
     hidden = w.shape[0] // 3
@@ -223,13 +195,12 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
         mask, strides = x, [0, 0, 0, 0]
     out_kind = 0 if not out_q else (1 if out_q[1] == torch.int8 else 2)
     block = max(16, triton.next_power_of_2(s))
-    pairs_ok = s == block and b % 2 == 0
     launch = _qkv_attention if config is None else _qkv_attention.fn
     _qkv_attention_args = config or {}
-    launch[lambda meta: (b // meta["PAIR"] * heads,)](
+    launch[(b * heads,)](
         x, w.contiguous(), col_scale if col_scale is not None else x, bias if bias is not None else x, mask, out,
         heads, s, k, *offsets, scale * 1.4426950408889634, out_q[0] if out_q else 1.0, *strides,
         IS_INT8=x.dtype == torch.int8, HAS_SCALE=col_scale is not None, HAS_BIAS=bias is not None,
         HAS_MASK=mask is not x, OUT_Q=out_kind, BF16=half == torch.bfloat16, D=d,
-        BLOCK_S=block, EVEN_S=s == block, PAIRS_OK=pairs_ok, **_qkv_attention_args)
+        BLOCK_S=block, EVEN_S=s == block, **_qkv_attention_args)
     return out.permute(0, 2, 1, 3)
