@@ -141,9 +141,12 @@ def test_the_one_kernel_path_matches_the_projection_then_the_attention(element):
             want_q = _separate(x, w, col, bias, mask, heads, out_q)
             assert got_q.dtype == element
             differ = (got_q.float() != want_q.float()).float().mean()
-            assert differ < 1e-2
             if element == torch.int8:
-                assert (got_q.int() - want_q.int()).abs().max() <= 1
+                assert differ < 1e-2 and (got_q.int() - want_q.int()).abs().max() <= 1
+            else:  # a float sum a rounding away from the other lands on the next e4m3 code (1/8 apart),
+                # or near zero on a code of the other sign: within one step, or 1% of the range (448)
+                a, z = got_q.float(), want_q.float()
+                assert differ < 5e-2 and ((a - z).abs() <= torch.clamp(0.125 * torch.maximum(a.abs(), z.abs()), min=4.48)).all()
         # every tile shape the autotuner may pick gives the same values
         for block_k, merge, warps in [(64, False, 4), (32, True, 4), (64, True, 8)]:
             config = {"BLOCK_K": block_k, "MERGE_QK": merge, "num_warps": warps, "num_stages": 2}
