@@ -379,26 +379,3 @@ def test_the_quant_add_pass_gives_the_unfused_steps_values_bit_for_bit(element):
     plain = make(NodeSpec("trimtab.QuantAdd", "t", {"fq_a": None, "fq_b": None, "fq_out": None, "relu": False},
                           [None] * 4, [shape, shape, None, None], device="cuda"))
     assert torch.equal(plain(a, b), a + b)
-
-
-@needs_cuda
-def test_small_sums_convert_to_float_exactly_without_the_conversion_instruction():
-    """`small_acc`: int32 sums within +-2^22 become floats by the mantissa trick; the GEMM gives the
-    same bits as with the conversion instruction, and `small_sums` admits only weights that bound
-    every sum (|x| <= 128) below 2^22."""
-    from trimtab.backends.gpu import lowbit
-
-    torch.manual_seed(0)
-    for m, n, k, act, out_dtype in [(4096, 768, 768, None, torch.float16), (300, 512, 768, "gelu", torch.int8)]:
-        x_q = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
-        w_q = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8) // 3
-        w_q[0] = 42  # one row near the bound: 128 * 42 * 768 = 4,128,768, just under 2^22
-        x_q[0] = -128
-        assert lowbit.small_sums(w_q)
-        col, bias = torch.rand(n, device="cuda") * 1e-5, torch.randn(n, device="cuda")
-        out_scale = 0.05 if out_dtype == torch.int8 else None
-        plain = lowbit.qgemm(x_q, w_q, col, bias, act, out_dtype, out_scale)
-        small = lowbit.qgemm(x_q, w_q, col, bias, act, out_dtype, out_scale, small_acc=True)
-        assert torch.equal(plain, small)
-    assert not lowbit.small_sums(torch.full((4, 3072), 100, dtype=torch.int8))  # 128 * 100 * 3072 > 2^22
-    assert not lowbit.small_sums(torch.ones(4, 8, dtype=torch.float8_e4m3fn))  # fp8 sums are floats already

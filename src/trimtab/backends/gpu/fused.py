@@ -239,7 +239,6 @@ def _qlinear(node):
     out_dtype = getattr(torch, a["out_dtype"])
     element = getattr(torch, a.get("element", "int8"))
     low = str(element).removeprefix("torch.")  # the tactic's name: "int8" or "float8_e4m3fn"
-    small = lowbit.small_sums(a["w_q"])  # int32 sums within +-2^22: the cheaper int -> float in the epilogue
     w_q, col_scale = a["w_q"].to(node.device), a["col_scale"].to(node.device)
     epilogue = _epilogue(act, None)
     # TRIMTAB_GPU_EXACT=1: IEEE division and erf-GELU in the 8-bit kernels (lowbit says what the
@@ -251,7 +250,7 @@ def _qlinear(node):
 
     def low_path(x, w, b=None):
         x_q = x if x_quantized else lowbit.quantize(x, x_scale, element, fast=fast)
-        return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale, fast=fast, small_acc=small))
+        return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale, fast=fast))
 
     def float_path(x, w, b=None):  # the artifact's own arithmetic: fake-quant, then a float GEMM
         if x_quantized:
@@ -415,7 +414,6 @@ def _qkv_attention_fused(a: dict, rank: int, heads: int, offsets: list, weight: 
     half = getattr(torch, a.get("out_dtype") or str(weight.dtype).removeprefix("torch."))
     low = a.get("w_q") is not None
     element = getattr(torch, a.get("element", "int8"))
-    small = low and lowbit.small_sums(a["w_q"])
     w = a["w_q"].to("cuda") if low else None
     col_scale = a["col_scale"].to("cuda") if low else None
     x_scale, x_quantized = float(a.get("x_scale", 1.0)), bool(a.get("x_quantized", False))
@@ -429,8 +427,7 @@ def _qkv_attention_fused(a: dict, rank: int, heads: int, offsets: list, weight: 
 
     def run(x, w_float, b=None, mask=None):
         x, w_op, mask = operands(x, w_float, mask)
-        out = kernel.qkv_attention(x, w_op, col_scale, b, tuple(offsets), heads, mask, attention.get("scale"), half, out_q,
-                                   small_acc=small)
+        out = kernel.qkv_attention(x, w_op, col_scale, b, tuple(offsets), heads, mask, attention.get("scale"), half, out_q)
         return out.squeeze(1) if rank == 3 else out
 
     def fits(x, w_float, b=None, mask=None):

@@ -101,25 +101,14 @@ def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out_dtype:
     return out
 
 
-def small_sums(w_q: torch.Tensor) -> bool:
-    """Whether every int32 sum of an int8 GEMM with this weight [N, K] stays within +-2^22 whatever
-    the int8 input (|x| <= 128): then the epilogue may turn the sums into floats by the mantissa
-    trick (`lowbit_triton.small_int_to_float`) instead of the conversion instruction. BERT-base's
-    K = 768 layers qualify; its K = 3072 down-projection does not."""
-    if w_q.dtype != torch.int8:
-        return False
-    return 128 * int(w_q.to(torch.int32).abs().sum(dim=-1).max()) < 2 ** 22
-
-
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
           act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True,
-          tma: bool | None = None, small_acc: bool = False) -> torch.Tensor:
+          tma: bool | None = None) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
     (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8 (or
     both fp16/bf16: the fp16 engine's linear + GELU, fp32 sums; CUDA only). `tma`: the kernel
     whose tiles the TMA copy engine moves (None: wherever `tma_ok`; it was the faster kernel on
-    every BERT layer measured). `small_acc`: the int8 sums are known to stay within +-2^22
-    (`small_sums(w_q)`), so the epilogue converts them without the conversion instruction."""
+    every BERT layer measured)."""
     if x_q.device.type != "cuda":
         return qgemm_reference(x_q, w_q, col_scale, bias, act, out_dtype, out_scale)
     kernels = _triton_kernels()
@@ -132,9 +121,7 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     m, n = a.shape[0], w_q.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     out_q = 0 if out_scale is None else (1 if out_dtype == torch.int8 else 2)
-    is_int8 = x_q.dtype == torch.int8
-    flags = dict(IS_INT8=is_int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q, FAST=fast,
-                 SMALL_ACC=small_acc and is_int8)
+    flags = dict(IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q, FAST=fast)
     cdiv = kernels["triton"].cdiv
     grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     bias_arg, scale_out = bias if bias is not None else col_scale, 1.0 if out_scale is None else out_scale

@@ -48,29 +48,9 @@ def round_int8_as_float(y):
 
 
 @triton.jit
-def small_int_to_float(acc):
-    """An int32 known to lie within +-2^22 as the float it equals, without the conversion
-    instruction (16 per clock per SM on an H100, against 64 for an integer add and 128 for a float
-    add): added to the bits of 1.5 * 2^23 it becomes that float's low mantissa bits, and subtracting
-    1.5 * 2^23 leaves it exact. In PTX, because written in Triton the compiler turns the pair back
-    into the conversion. Only for sums known to stay in range (`lowbit.small_sums`)."""
-    return tl.inline_asm_elementwise("{ .reg .b32 t; add.s32 t, $1, 0x4B400000; sub.f32 $0, t, 0f4B400000; }",
-                                     "=r,r", [acc], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def to_float(acc, SMALL_ACC: tl.constexpr):
-    if SMALL_ACC:
-        y = small_int_to_float(acc)
-    else:
-        y = acc.to(tl.float32)
-    return y
-
-
-@triton.jit
 def epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-             OUT_Q: tl.constexpr, FAST: tl.constexpr, out_ty: tl.constexpr, SMALL_ACC: tl.constexpr = False):
-    y = to_float(acc, SMALL_ACC) * tl.load(scale_ptr + cols, mask=cols < N, other=0.0)[None, :]
+             OUT_Q: tl.constexpr, FAST: tl.constexpr, out_ty: tl.constexpr):
+    y = acc.to(tl.float32) * tl.load(scale_ptr + cols, mask=cols < N, other=0.0)[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if ACT == 1:
@@ -128,14 +108,14 @@ configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M"
            for bm, bn, bk, s, w in TILES]
 
 
-@triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST", "SMALL_ACC"],
+@triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
                  prune_configs_by={"early_config_prune": few_gemm_configs})
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, out_scale,
                  IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
                  FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, SMALL_ACC: tl.constexpr = False):
+                 GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
     pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -161,8 +141,7 @@ def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, s
             acc = tl.dot(a, b, acc)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_ptr.dtype.element_ty,
-                   SMALL_ACC)
+    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_ptr.dtype.element_ty)
     c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
     tl.store(c_ptrs, out, mask=(rows[:, None] < M) & (cols[None, :] < N))
 
@@ -210,8 +189,7 @@ tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROU
 @triton.jit
 def _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8: tl.constexpr,
               HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr, FAST: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-              SMALL_ACC: tl.constexpr):
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = tile_of(tile_id, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
     if IS_INT8:
@@ -226,18 +204,17 @@ def _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out
         else:
             acc = tl.dot(a, b.T, acc)
     cols = off_n + tl.arange(0, BLOCK_N)
-    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_desc.dtype, SMALL_ACC)
+    out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_desc.dtype)
     c_desc.store([off_m, off_n], out)
 
 
-@triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST", "SMALL_ACC"],
+@triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
                  prune_configs_by={"early_config_prune": few_gemm_configs})
 @triton.jit
 def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale,
                      IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
                      FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr, NUM_SMS: tl.constexpr,
-                     SMALL_ACC: tl.constexpr = False):
+                     GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr, NUM_SMS: tl.constexpr):
     """`qgemm_kernel` with the tiles moved by the TMA copy engine (descriptor loads and store; out of
     range rows and columns are zero-filled on load and dropped on store): one program per tile, or
     with PERSISTENT one per SM (NUM_SMS programs) taking every NUM_SMS-th tile."""
@@ -245,7 +222,7 @@ def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_s
         num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
             _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8, HAS_BIAS,
-                      ACT, OUT_Q, FAST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SMALL_ACC)
+                      ACT, OUT_Q, FAST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     else:
         _tma_tile(tl.program_id(0), a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8,
-                  HAS_BIAS, ACT, OUT_Q, FAST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SMALL_ACC)
+                  HAS_BIAS, ACT, OUT_Q, FAST, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)

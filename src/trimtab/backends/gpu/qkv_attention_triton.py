@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from trimtab.backends.gpu.lowbit_triton import few_configs, round_to_int8, to_float
+from trimtab.backends.gpu.lowbit_triton import few_configs, round_to_int8
 
 LOG2E = tl.constexpr(1.4426950408889634)
 # (BLOCK_K, warps, stages), each with q and k as one product or not. With 4 warps the three
@@ -35,9 +35,8 @@ MAX_SEQUENCE = 128
 
 
 @triton.jit
-def _project(acc, scale_ptr, bias_ptr, cols, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SMALL_ACC: tl.constexpr,
-             half: tl.constexpr):
-    y = to_float(acc, SMALL_ACC)
+def _project(acc, scale_ptr, bias_ptr, cols, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, half: tl.constexpr):
+    y = acc.to(tl.float32)
     if HAS_SCALE:
         y = y * tl.load(scale_ptr + cols)[None, :]
     if HAS_BIAS:
@@ -109,14 +108,13 @@ def _prune(configs, named_args, **kwargs):
 
 @triton.autotune(configs=[triton.Config({"BLOCK_K": bk, "MERGE_QK": merge}, num_warps=w, num_stages=s)
                           for bk, w, s in CONFIGS for merge in (True, False)],
-                 key=["S", "K", "D", "IS_INT8", "OUT_Q", "HAS_MASK", "SMALL_ACC"],
+                 key=["S", "K", "D", "IS_INT8", "OUT_Q", "HAS_MASK"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _qkv_attention(x_ptr, w_ptr, scale_ptr, bias_ptr, m_ptr, o_ptr, H, S, K, off_q, off_k, off_v, qk_scale, out_scale,
                    smb, smh, smq, smk, IS_INT8: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                    HAS_MASK: tl.constexpr, OUT_Q: tl.constexpr, BF16: tl.constexpr, D: tl.constexpr,
-                   BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, SMALL_ACC: tl.constexpr, BLOCK_K: tl.constexpr,
-                   MERGE_QK: tl.constexpr):
+                   BLOCK_S: tl.constexpr, EVEN_S: tl.constexpr, BLOCK_K: tl.constexpr, MERGE_QK: tl.constexpr):
     half: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
     pid = tl.program_id(0)  # sequence-major: the heads of one sequence run side by side and share x in L2
     b, h = pid // H, pid % H
@@ -125,9 +123,9 @@ def _qkv_attention(x_ptr, w_ptr, scale_ptr, bias_ptr, m_ptr, o_ptr, H, S, K, off
     head = h * D + tl.arange(0, D)
     acc_q, acc_k, acc_v = _products(x_ptrs, w_ptr, rows < S, off_q + head, off_k + head, off_v + head, K, IS_INT8,
                                     MERGE_QK, EVEN_S, BLOCK_S, BLOCK_K, D)
-    q = _project(acc_q, scale_ptr, bias_ptr, off_q + head, HAS_SCALE, HAS_BIAS, SMALL_ACC, half)
-    k = _project(acc_k, scale_ptr, bias_ptr, off_k + head, HAS_SCALE, HAS_BIAS, SMALL_ACC, half)
-    v = _project(acc_v, scale_ptr, bias_ptr, off_v + head, HAS_SCALE, HAS_BIAS, SMALL_ACC, half)
+    q = _project(acc_q, scale_ptr, bias_ptr, off_q + head, HAS_SCALE, HAS_BIAS, half)
+    k = _project(acc_k, scale_ptr, bias_ptr, off_k + head, HAS_SCALE, HAS_BIAS, half)
+    v = _project(acc_v, scale_ptr, bias_ptr, off_v + head, HAS_SCALE, HAS_BIAS, half)
     _attend(q, k, v, m_ptr, o_ptr, b, h, H, S, qk_scale, out_scale, smb, smh, smq, smk, HAS_MASK, OUT_Q, half, D,
             BLOCK_S)
 
@@ -176,13 +174,12 @@ def supported(x: torch.Tensor, w: torch.Tensor, heads: int, mask: torch.Tensor |
 
 def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | None, bias: torch.Tensor | None,
                   offsets: tuple[int, int, int], heads: int, mask: torch.Tensor | None, scale: float | None,
-                  half: torch.dtype, out_q: tuple[float, torch.dtype] | None = None, small_acc: bool = False,
-                  config: dict | None = None) -> torch.Tensor:
+                  half: torch.dtype, out_q: tuple[float, torch.dtype] | None = None, config: dict | None = None
+                  ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with q, k, v the `offsets` (start rows) slices of
     x @ w^T * col_scale + bias, each rounded to `half` and split into `heads` heads. x [B, S, K]
     (int8, fp8, or `half`), w [3 * hidden, K] of x's type; returns [B, heads, S, head_dim] (a view
     of a [B, S, heads, head_dim] buffer) in `half`, or quantized with `out_q` (scale, dtype).
-    `small_acc`: int8 sums known to stay within +-2^22 (`lowbit.small_sums(w)`).
     `config` (tests): run these meta-parameters (BLOCK_K, MERGE_QK, num_warps, num_stages)
     instead of the autotuned ones."""
     b, s, k = x.shape
@@ -205,5 +202,5 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
         heads, s, k, *offsets, scale * 1.4426950408889634, out_q[0] if out_q else 1.0, *strides,
         IS_INT8=x.dtype == torch.int8, HAS_SCALE=col_scale is not None, HAS_BIAS=bias is not None,
         HAS_MASK=mask is not x, OUT_Q=out_kind, BF16=half == torch.bfloat16, D=d,
-        BLOCK_S=block, EVEN_S=s == block, SMALL_ACC=small_acc and x.dtype == torch.int8, **_qkv_attention_args)
+        BLOCK_S=block, EVEN_S=s == block, **_qkv_attention_args)
     return out.permute(0, 2, 1, 3)
