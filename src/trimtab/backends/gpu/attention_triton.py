@@ -62,15 +62,21 @@ def _attention(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, H, S, qk_scale, out_scale,
         v = tl.load(v_ptr + b * svb + h * svh + cols[:, None] * svs + d[None, :], mask=cols[:, None] < S, other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
-    o = acc / l_i[:, None]
     o_ptrs = o_ptr + b * sob + h * soh + rows[:, None] * sos + d[None, :]
+    tl.store(o_ptrs, output(acc / l_i[:, None], out_scale, OUT_Q, o_ptr.dtype.element_ty), mask=rows[:, None] < S)
+
+
+@triton.jit
+def output(o, out_scale, OUT_Q: tl.constexpr, out_ty: tl.constexpr):
+    """The attention's fp32 output as it is written: quantized to int8 (OUT_Q 1: 1 / scale, round
+    half to even, saturate) or fp8 e4m3 (OUT_Q 2: saturate, round), or cast to `out_ty` (0)."""
     if OUT_Q == 1:
         o = round_to_int8(o * (1.0 / out_scale))
     elif OUT_Q == 2:
         o = tl.minimum(tl.maximum(o * (1.0 / out_scale), -448.0), 448.0).to(tl.float8e4nv)
     else:
-        o = o.to(o_ptr.dtype.element_ty)
-    tl.store(o_ptrs, o, mask=rows[:, None] < S)
+        o = o.to(out_ty)
+    return o
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
@@ -78,10 +84,10 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return (q.is_cuda and q.dim() == 4 and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == v.dtype == q.dtype
             and q.shape == k.shape == v.shape and d in (16, 32, 64, 128)
             and all(t.stride(-1) == 1 for t in (q, k, v))
-            and (mask is None or (mask.dim() <= 4 and _broadcasts(mask.shape, q.shape[:2] + (q.shape[2], k.shape[2])))))
+            and (mask is None or (mask.dim() <= 4 and broadcasts_to(mask.shape, q.shape[:2] + (q.shape[2], k.shape[2])))))
 
 
-def _broadcasts(shape, target) -> bool:
+def broadcasts_to(shape, target) -> bool:
     shape = (1,) * (4 - len(shape)) + tuple(shape)
     return all(s in (1, t) for s, t in zip(shape, target))
 
@@ -93,15 +99,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     b, h, s, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     out = torch.empty((b, s, h, d), dtype=out_q[1] if out_q else q.dtype, device=q.device)
-    if mask is not None:
-        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-        strides = [0 if n == 1 else st for n, st in zip(mask.shape, mask.stride())]
-    else:
-        mask, strides = q, [0, 0, 0, 0]
+    mask, strides = mask_operand(mask, q)
     grid = lambda meta: (triton.cdiv(s, meta["BLOCK_M"]), b * h)  # noqa: E731
     _attention[grid](q, k, v, mask, out, h, s, scale * 1.4426950408889634, out_q[0] if out_q else 1.0,
                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                      v.stride(0), v.stride(1), v.stride(2), *strides, out.stride(0), out.stride(2), out.stride(1),
-                     HAS_MASK=mask is not q, MASK_PER_KEY=strides[2] == 0,
-                     OUT_Q=0 if not out_q else (1 if out_q[1] == torch.int8 else 2), D=d)
+                     HAS_MASK=mask is not q, MASK_PER_KEY=strides[2] == 0, OUT_Q=output_kind(out_q), D=d)
     return out.permute(0, 2, 1, 3)
+
+
+def mask_operand(mask: torch.Tensor | None, stand_in: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """An additive mask as a 4-D [batch, heads, queries, keys] view and its strides, 0 along the
+    axes it broadcasts over; without a mask, `stand_in` (any tensor: the kernel reads no mask then)
+    and zero strides."""
+    if mask is None:
+        return stand_in, [0, 0, 0, 0]
+    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    return mask, [0 if n == 1 else st for n, st in zip(mask.shape, mask.stride())]
+
+
+def output_kind(out_q: tuple[float, torch.dtype] | None) -> int:
+    """`output`'s OUT_Q for an (out_scale, dtype) quantized output, or None."""
+    return 0 if not out_q else (1 if out_q[1] == torch.int8 else 2)

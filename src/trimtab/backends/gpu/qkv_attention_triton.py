@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from trimtab.backends.gpu.lowbit_triton import few_configs, round_to_int8
+from trimtab.backends.gpu.attention_triton import LOG2E, broadcasts_to, mask_operand, output, output_kind
+from trimtab.backends.gpu.lowbit_triton import few_configs
 
-LOG2E = tl.constexpr(1.4426950408889634)
 # (BLOCK_K, warps, stages), each with q and k as one product or not. With 4 warps the three
 # [128, 64] accumulators take all 255 registers a thread can have, no spills, and two programs fit
 # one SM: one's attention runs while the other multiplies. On an H100 at BERT-base's shapes these
@@ -147,13 +147,7 @@ def _attend(q, k, v, m_ptr, o_ptr, b, h, H, S, qk_scale, out_scale, smb, smh, sm
     p = tl.math.exp2(s - tl.max(s, 1)[:, None])
     o = tl.dot(p.to(half), v) / tl.sum(p, 1)[:, None]
     o_ptrs = o_ptr + (b * S + rows)[:, None].to(tl.int64) * (H * D) + (h * D + tl.arange(0, D))[None, :]
-    if OUT_Q == 1:
-        o = round_to_int8(o * (1.0 / out_scale))
-    elif OUT_Q == 2:
-        o = tl.minimum(tl.maximum(o * (1.0 / out_scale), -448.0), 448.0).to(tl.float8e4nv)
-    else:
-        o = o.to(half)
-    tl.store(o_ptrs, o, mask=row_ok[:, None])
+    tl.store(o_ptrs, output(o, out_scale, OUT_Q, half), mask=row_ok[:, None])
 
 
 def supported(x: torch.Tensor, w: torch.Tensor, heads: int, mask: torch.Tensor | None) -> bool:
@@ -166,10 +160,7 @@ def supported(x: torch.Tensor, w: torch.Tensor, heads: int, mask: torch.Tensor |
     d = hidden // heads if hidden % heads == 0 else 0
     if s > MAX_SEQUENCE or k % 64 or w.shape[1] != k or d not in (16, 32, 64, 128):
         return False
-    if mask is None:
-        return True
-    shape = (1,) * (4 - mask.dim()) + tuple(mask.shape) if mask.dim() <= 4 else None
-    return shape is not None and all(n in (1, t) for n, t in zip(shape, (b, heads, s, s)))
+    return mask is None or (mask.dim() <= 4 and broadcasts_to(mask.shape, (b, heads, s, s)))
 
 
 def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | None, bias: torch.Tensor | None,
@@ -188,12 +179,7 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
     scale = d ** -0.5 if scale is None else scale
     x = x.contiguous()
     out = torch.empty((b, s, heads, d), dtype=out_q[1] if out_q else half, device=x.device)
-    if mask is not None:
-        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-        strides = [0 if n == 1 else st for n, st in zip(mask.shape, mask.stride())]
-    else:
-        mask, strides = x, [0, 0, 0, 0]
-    out_kind = 0 if not out_q else (1 if out_q[1] == torch.int8 else 2)
+    mask, strides = mask_operand(mask, x)
     block = max(16, triton.next_power_of_2(s))
     launch = _qkv_attention if config is None else _qkv_attention.fn
     _qkv_attention_args = config or {}
@@ -201,6 +187,6 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
         x, w.contiguous(), col_scale if col_scale is not None else x, bias if bias is not None else x, mask, out,
         heads, s, k, *offsets, scale * 1.4426950408889634, out_q[0] if out_q else 1.0, *strides,
         IS_INT8=x.dtype == torch.int8, HAS_SCALE=col_scale is not None, HAS_BIAS=bias is not None,
-        HAS_MASK=mask is not x, OUT_Q=out_kind, BF16=half == torch.bfloat16, D=d,
+        HAS_MASK=mask is not x, OUT_Q=output_kind(out_q), BF16=half == torch.bfloat16, D=d,
         BLOCK_S=block, EVEN_S=s == block, **_qkv_attention_args)
     return out.permute(0, 2, 1, 3)
