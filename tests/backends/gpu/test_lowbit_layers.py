@@ -379,3 +379,35 @@ def test_the_quant_add_pass_gives_the_unfused_steps_values_bit_for_bit(element):
     plain = make(NodeSpec("trimtab.QuantAdd", "t", {"fq_a": None, "fq_b": None, "fq_out": None, "relu": False},
                           [None] * 4, [shape, shape, None, None], device="cuda"))
     assert torch.equal(plain(a, b), a + b)
+
+
+def test_a_kernel_choice_is_timed_once_per_size_class_and_shared_by_the_backends_engines(monkeypatch):
+    """Evaluating a text model builds an engine per padded length; a choice timed at 46 tokens is
+    taken as it is at 54 (both round up to 64), and timed again at 65."""
+    from trimtab.backends.gpu import fused
+    from trimtab.backends.gpu.ops import NodeSpec
+
+    timed = []
+
+    def fake_fastest(paths, args, timings):
+        timed.append(args)
+        timings.update({"int8": 0.1, "float16": 0.3})
+        return "int8"
+
+    monkeypatch.setattr(fused, "_fastest", fake_fastest)
+    shared: dict = {}
+    paths = {"int8": lambda x: x, "float16": lambda x: x}
+
+    def node(tokens):
+        return NodeSpec("trimtab.QLinear", "ffn", {}, [None], [(16, tokens, 384)], device="cuda", choices=shared)
+
+    assert node(46).choice_key("tactic") == ("tactic", "trimtab.QLinear", "ffn", ((16, 64, 512),))
+    first, second, third = ({"chosen": None, "ms": {}} for _ in range(3))
+    fused._choose(first, paths, (1,), node(46), "tactic")
+    fused._choose(second, paths, (2,), node(54), "tactic")
+    assert first == second == {"chosen": "int8", "ms": {"int8": 0.1, "float16": 0.3}} and timed == [(1,)]
+    fused._choose(third, paths, (3,), node(65), "tactic")
+    assert third["chosen"] == "int8" and timed == [(1,), (3,)]
+    alone = {"chosen": None, "ms": {}}
+    fused._choose(alone, paths, (4,), NodeSpec("trimtab.QLinear", "ffn", {}, [None], [(16, 46, 384)]), "tactic")
+    assert timed[-1] == (4,)  # no shared choices (a kernel made outside an engine): timed

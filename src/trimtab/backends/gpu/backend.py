@@ -60,6 +60,7 @@ class GpuBackend(Backend):
         self.cache, self.cache_dir, self.fusion = cache, cache_dir, fusion
         self.builds: list[BuildInfo] = []
         self._engines: dict = {}
+        self._choices: dict = {}  # kernel choices timed by this backend's engines, for its later ones
         self._proto = None
         self._sha256 = ""
 
@@ -111,7 +112,7 @@ class GpuBackend(Backend):
             if self.cache:
                 cache.store(folder, plan, key)
         lowered = time.perf_counter()
-        engine = Engine(plan, self.device, self.options)
+        engine = Engine(plan, self.device, self.options, self._choices)
         engine.warm_up()
         precisions = engine.layer_precisions()
         if precisions:

@@ -39,7 +39,8 @@ class EngineOptions:
 
 
 class Engine:
-    def __init__(self, plan: Plan, device: torch.device | str, options: EngineOptions = EngineOptions()) -> None:
+    def __init__(self, plan: Plan, device: torch.device | str, options: EngineOptions = EngineOptions(),
+                 choices: dict | None = None) -> None:
         self.plan, self.device, self.options = plan, torch.device(device), options
         self.cuda = self.device.type == "cuda"
         channels_last = self.cuda and options.channels_last
@@ -55,7 +56,7 @@ class Engine:
             args = [self._constants.get(n) if n else None for n in step.inputs]
             spec = NodeSpec(step.op, step.name, step.attrs, [a if n in self._constants else None for n, a in zip(step.inputs, args)],
                             [tuple(plan.shapes[n]) if n else None for n in step.inputs], plan.opset,
-                            [bool(n) for n in step.inputs], self.device.type)
+                            [bool(n) for n in step.inputs], self.device.type, choices)
             kernel = make(spec)
             if step.op == "Cast" and step.inputs[0] in self._cast_inputs:
                 kernel = _cast_to_channels_last(plan.dtype(step.outputs[0]))

@@ -133,7 +133,7 @@ def _fused_linear(node):
     def fused(x, w, b=None):
         return lowbit.qgemm(x, w, ones, b, "gelu", x.dtype)
 
-    return _chosen_on_first_call({"cublas": run, "triton": fused})
+    return _chosen_on_first_call({"cublas": run, "triton": fused}, node=node)
 
 
 @kernel("trimtab.Attention")
@@ -162,7 +162,7 @@ def _attention(node):
     def fits(q, k, v, mask=None):
         return attention_triton.supported(q, k.transpose(-1, -2) if k_transposed else k, v, mask)
 
-    return _chosen_on_first_call({"sdpa": sdpa, "triton": triton_path}, fits)
+    return _chosen_on_first_call({"sdpa": sdpa, "triton": triton_path}, fits, node)
 
 
 @kernel("trimtab.LayerNorm")
@@ -267,26 +267,48 @@ def _qlinear(node):
     def run(x, w, b=None):
         if state["chosen"] is None:
             paths[str(w.dtype).removeprefix("torch.")] = float_path
-            state["chosen"] = _fastest(paths, (x, w, b), state["ms"]) if node.device == "cuda" else low
+            if node.device == "cuda":
+                _choose(state, paths, (x, w, b), node, "tactic")
+            else:
+                state["chosen"] = low
         return paths[state["chosen"]](x, w, b)
 
     run.tactic = state
     return run
 
 
-def _chosen_on_first_call(paths: dict, fits=None):
+def _chosen_on_first_call(paths: dict, fits=None, node=None):
     """A kernel that, on its first call, times `paths` (`_fastest`) and keeps the fastest; where
     `fits(*args)` is false only the first path is used. Its `choice` attribute ({"chosen", "ms"})
-    goes into the engine's notes (`Engine.kernel_choices`)."""
+    goes into the engine's notes (`Engine.kernel_choices`). With `node`, a choice an earlier engine
+    of the same backend timed for this step at shapes of the same size class is taken as it is."""
     state = {"chosen": None, "ms": {}}
 
     def run(*args):
         if state["chosen"] is None:
-            state["chosen"] = _fastest(paths, args, state["ms"]) if fits is None or fits(*args) else next(iter(paths))
+            if fits is None or fits(*args):
+                _choose(state, paths, args, node, "kernel")
+            else:
+                state["chosen"] = next(iter(paths))
         return paths[state["chosen"]](*args)
 
     run.choice = state
     return run
+
+
+def _choose(state: dict, paths: dict, args: tuple, node, kind: str) -> None:
+    """Fill `state` ({"chosen", "ms"}) for `paths`: from the backend's shared choices when an engine
+    timed this step at shapes of the same size class before (`NodeSpec.choice_key`), else by
+    timing (`_fastest`), and leave the result there for the next engine."""
+    shared = node.choices if node is not None else None
+    key = node.choice_key(kind) if shared is not None else None
+    if key is not None and key in shared and shared[key][0] in paths:
+        state["chosen"], ms = shared[key]
+        state["ms"].update(ms)
+        return
+    state["chosen"] = _fastest(paths, args, state["ms"])
+    if key is not None:
+        shared[key] = (state["chosen"], dict(state["ms"]))
 
 
 def _fastest(paths: dict, args: tuple, timings: dict, rounds: int = 7, calls: int = 5) -> str:
@@ -353,13 +375,13 @@ def _qkv_attention(node):
     weight, bias = node.consts[1], node.consts[2] if len(node.consts) > 2 else None
     linear = KERNELS[a["linear_op"]](NodeSpec(
         a["linear_op"], node.name, {k: v for k, v in a.items() if k not in _QKV_ATTENTION_ATTRS},
-        [None, weight, bias], node.shapes[:3], node.opset, node.present[:3], node.device))
+        [None, weight, bias], node.shapes[:3], node.opset, node.present[:3], node.device, node.choices))
     qkv_shapes = [tuple(shape) for shape in a["qkv_shapes"]]
     mask_present = len(node.present) > 3 and node.present[3]
     attention = KERNELS["trimtab.Attention"](NodeSpec(
         "trimtab.Attention", node.name, dict(a["attention"]), [None] * 4,
         [*qkv_shapes, node.shapes[3] if mask_present else None], node.opset, [True, True, True, mask_present],
-        node.device))
+        node.device, node.choices))
 
     def views(outputs):
         by_offset = dict(zip(_split_starts(a["split"]), outputs))
@@ -377,7 +399,7 @@ def _qkv_attention(node):
             separate.tactic = linear.tactic  # the 8-bit Q/K/V product, reported per layer
         return separate
     fused = _qkv_attention_fused(a, rank, heads, offsets, weight)
-    run = _chosen_on_first_call({"separate": separate, "fused": fused}, fused.fits)
+    run = _chosen_on_first_call({"separate": separate, "fused": fused}, fused.fits, node)
     # the layer's precision as the report shows it: the Q/K/V product ran 8-bit in the fused kernel
     tactic = {"chosen": None, "ms": {}}
     if a["linear_op"] == "trimtab.QLinear":

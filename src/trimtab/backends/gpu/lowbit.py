@@ -130,11 +130,16 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
         sms = _multiprocessors(a.device)
         tma_grid = lambda meta: (min(sms, grid(meta)[0]) if meta["PERSISTENT"] else grid(meta)[0],)  # noqa: E731
         kernels["qgemm_tma"][tma_grid](desc(a, [1, 1]), desc(w_q.contiguous(), [1, 1]), desc(out, [1, 1]), col_scale,
-                                       bias_arg, m, n, k, scale_out, NUM_SMS=sms, **flags)
+                                       bias_arg, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=_bucket(m), **flags)
     else:
         kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, m, n, k, a.stride(0), w_q.stride(0), out.stride(0),
-                               scale_out, **flags)
+                               scale_out, M_BUCKET=_bucket(m), **flags)
     return out.reshape(*lead, n)
+
+
+def _bucket(n: int) -> int:
+    """n rounded up to a power of two: the autotuners' key for a dimension that varies per engine."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 @functools.cache

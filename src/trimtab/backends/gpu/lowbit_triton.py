@@ -7,6 +7,10 @@ takes it wherever the rows are 16-byte aligned. (A persistent TMA variant was sl
 an H200 and was removed.)
 `quantize_kernel`: one pass float -> int8 / fp8 (or straight back to float: fake-quant).
 
+The GEMMs are tuned per M rounded up to a power of two (`M_BUCKET`, unused in the body), not per
+exact M: evaluating a text model builds one engine per padded sequence length, and tuning 16 tile
+configs for every one of them took most of `tune --target gpu`'s evaluation on MiniLM.
+
 The epilogue is plain fp32 arithmetic on every output element, and at BERT's K = 768 it is not
 small beside the 8-bit products: an erf-GELU (a libdevice polynomial) plus an IEEE division per
 element made the FFN up-projection cost as much as one twice its size. With `FAST` the epilogue
@@ -108,14 +112,14 @@ configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M"
            for bm, bn, bk, s, w in TILES]
 
 
-@triton.autotune(configs=configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
+@triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
                  prune_configs_by={"early_config_prune": few_gemm_configs})
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, out_scale,
                  IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
                  FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+                 GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, M_BUCKET=1):
     pid_m, pid_n = tile_of(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -208,13 +212,13 @@ def _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out
     c_desc.store([off_m, off_n], out)
 
 
-@triton.autotune(configs=tma_configs, key=["M", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
+@triton.autotune(configs=tma_configs, key=["M_BUCKET", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST"],
                  prune_configs_by={"early_config_prune": few_gemm_configs})
 @triton.jit
 def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale,
                      IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
                      FAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr, NUM_SMS: tl.constexpr):
+                     GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr, NUM_SMS: tl.constexpr, M_BUCKET=1):
     """`qgemm_kernel` with the tiles moved by the TMA copy engine (descriptor loads and store; out of
     range rows and columns are zero-filled on load and dropped on store): one program per tile, or
     with PERSISTENT one per SM (NUM_SMS programs) taking every NUM_SMS-th tile."""

@@ -44,6 +44,16 @@ class NodeSpec:
     opset: int = 17
     present: list[bool] = field(default_factory=list)  # which inputs the node names
     device: str = "cpu"  # the engine's device type: makers may pick a device-specific kernel
+    # kernel choices timed by earlier engines of the same model, shared by the backend (`choice_key`)
+    choices: dict | None = None
+
+    def choice_key(self, kind: str) -> tuple:
+        """Where a timed kernel choice of this step is kept for the backend's later engines: the
+        step and its input shapes, each length rounded up to a power of two. Engines for 42 and 54
+        tokens (one evaluation batch after another) share their choices instead of timing again."""
+        shapes = tuple(tuple(1 << max(int(n) - 1, 0).bit_length() for n in shape) if shape else None
+                       for shape in self.shapes)
+        return kind, self.op, self.name, shapes
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)

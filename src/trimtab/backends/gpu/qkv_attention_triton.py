@@ -108,7 +108,7 @@ def _prune(configs, named_args, **kwargs):
 
 @triton.autotune(configs=[triton.Config({"BLOCK_K": bk, "MERGE_QK": merge}, num_warps=w, num_stages=s)
                           for bk, w, s in CONFIGS for merge in (True, False)],
-                 key=["S", "K", "D", "IS_INT8", "OUT_Q", "HAS_MASK"],
+                 key=["BLOCK_S", "K", "D", "IS_INT8", "OUT_Q", "HAS_MASK"],  # tuned per size class, not per length
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _qkv_attention(x_ptr, w_ptr, scale_ptr, bias_ptr, m_ptr, o_ptr, H, S, K, off_q, off_k, off_v, qk_scale, out_scale,
