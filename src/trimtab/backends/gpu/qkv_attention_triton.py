@@ -182,11 +182,11 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
     mask, strides = mask_operand(mask, x)
     block = max(16, triton.next_power_of_2(s))
     launch = _qkv_attention if config is None else _qkv_attention.fn
-    _qkv_attention_args = config or {}
+    forced = config or {}
     launch[(b * heads,)](
         x, w.contiguous(), col_scale if col_scale is not None else x, bias if bias is not None else x, mask, out,
         heads, s, k, *offsets, scale * 1.4426950408889634, out_q[0] if out_q else 1.0, *strides,
         IS_INT8=x.dtype == torch.int8, HAS_SCALE=col_scale is not None, HAS_BIAS=bias is not None,
         HAS_MASK=mask is not x, OUT_Q=output_kind(out_q), BF16=half == torch.bfloat16, D=d,
-        BLOCK_S=block, EVEN_S=s == block, **_qkv_attention_args)
+        BLOCK_S=block, EVEN_S=s == block, **forced)
     return out.permute(0, 2, 1, 3)
