@@ -37,6 +37,17 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
+def gpu_environment() -> dict:
+    """Date, GPU name, torch and triton versions: the header every GPU bench prints and saves."""
+    import time
+
+    import torch
+    import triton
+
+    return {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__}
+
+
 def cuda_time_ms(fn, iters: int) -> float:
     """Mean milliseconds of `fn` over `iters` back-to-back calls, by CUDA events."""
     import torch

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from _support import cuda_graph_interleaved
+from _support import cuda_graph_interleaved, gpu_environment
 from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -220,8 +220,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=[s[0] for s in SHAPES])
     parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
     args = parser.parse_args()
-    env = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": triton.__version__}
+    env = gpu_environment()
     print(json.dumps(env), flush=True)
     rows: list = []
     for name, k, n, act in SHAPES:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _support import cuda_graph_interleaved
+from _support import cuda_graph_interleaved, gpu_environment
 from trimtab.backends.gpu import lowbit
 
 SHAPES = [("qkv", 768, 2304, None), ("attn_out", 768, 768, None), ("ffn_up", 768, 3072, "gelu"), ("ffn_down", 3072, 768, None)]
@@ -126,10 +126,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--tokens", type=int, default=16384)
     args = parser.parse_args()
-    import triton
-
-    env = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": triton.__version__}
+    env = gpu_environment()
     print(json.dumps(env), flush=True)
     rows: list = []
     for name, k, n, act in SHAPES:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from _support import cuda_graph_interleaved
+from _support import cuda_graph_interleaved, gpu_environment
 from trimtab.backends.gpu import attention_triton, lowbit, qkv_attention_triton
 
 B, S, K, H, D = 128, 128, 768, 12, 64
@@ -121,8 +120,7 @@ def main() -> None:
                 variants[key] = (lambda fn=fn, a=(x, w, col, bias, mask, out_q): fn(*a))
         times = cuda_graph_interleaved(variants, rounds=9, iters=20)
     rows = [(name, round(ms * 1000, 1), checks.get(name, "")) for name, ms in times.items()]
-    env = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": __import__("triton").__version__}
+    env = gpu_environment()
     print(json.dumps(env))
     print("\n".join(tuned + compiled_variants()))
     for key, value in checks.items():
