@@ -39,7 +39,7 @@ from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from trimtab.backends.gpu import lowbit
-from trimtab.backends.gpu.lowbit_triton import epilogue, tile_of
+from trimtab.backends.gpu.lowbit_triton import epilogue, tile_of, tile_sums
 
 SHAPES = [("qkv", 768, 2304, None), ("attn_out", 768, 768, None), ("ffn_up", 768, 3072, "gelu"),
           ("ffn_down", 3072, 768, None)]
@@ -86,14 +86,7 @@ def _tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_sca
     """One output tile as the engine's `_tma_tile` computes it, with `finish` as its epilogue."""
     pid_m, pid_n = tile_of(tile_id, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if IS_INT8 else tl.float32)
-    for ki in range(tl.cdiv(K, BLOCK_K)):
-        a = a_desc.load([off_m, ki * BLOCK_K])
-        b = b_desc.load([off_n, ki * BLOCK_K])
-        if IS_INT8:
-            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
-        else:
-            acc = tl.dot(a, b.T, acc)
+    acc = tile_sums(a_desc, b_desc, off_m, off_n, K, IS_INT8, BLOCK_M, BLOCK_N, BLOCK_K)
     cols = off_n + tl.arange(0, BLOCK_N)
     c_desc.store([off_m, off_n], finish(acc, cols, N, scale_ptr, bias_ptr, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q,
                                         FAST, SPLIT_I2F, CVT_ROUND, c_desc.dtype))

@@ -191,22 +191,33 @@ tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROU
 
 
 @triton.jit
+def mma(a, b, acc, IS_INT8: tl.constexpr):
+    """acc + a @ b on the tensor cores: int32 sums for int8 operands, fp32 otherwise."""
+    if IS_INT8:
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def tile_sums(a_desc, b_desc, off_m, off_n, K, IS_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """The [BLOCK_M, BLOCK_N] sums of A[off_m:] @ B[off_n:]^T over all of K, the tiles moved by TMA
+    (A [M, K] and B [N, K] descriptors)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if IS_INT8 else tl.float32)
+    for ki in range(tl.cdiv(K, BLOCK_K)):
+        acc = mma(a_desc.load([off_m, ki * BLOCK_K]), b_desc.load([off_n, ki * BLOCK_K]).T, acc, IS_INT8)
+    return acc
+
+
+@triton.jit
 def _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, M, N, K, out_scale, IS_INT8: tl.constexpr,
               HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr, FAST: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = tile_of(tile_id, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
-    if IS_INT8:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for ki in range(tl.cdiv(K, BLOCK_K)):
-        a = a_desc.load([off_m, ki * BLOCK_K])
-        b = b_desc.load([off_n, ki * BLOCK_K])
-        if IS_INT8:
-            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
-        else:
-            acc = tl.dot(a, b.T, acc)
+    acc = tile_sums(a_desc, b_desc, off_m, off_n, K, IS_INT8, BLOCK_M, BLOCK_N, BLOCK_K)
     cols = off_n + tl.arange(0, BLOCK_N)
     out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_desc.dtype)
     c_desc.store([off_m, off_n], out)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from trimtab.backends.gpu.attention_triton import LOG2E, broadcasts_to, mask_operand, output, output_kind
-from trimtab.backends.gpu.lowbit_triton import few_configs
+from trimtab.backends.gpu.lowbit_triton import few_configs, mma
 
 # (BLOCK_K, warps, stages), each with q and k as one product or not. With 4 warps the three
 # [128, 64] accumulators take all 255 registers a thread can have, no spills, and two programs fit
@@ -45,15 +45,6 @@ def _project(acc, scale_ptr, bias_ptr, cols, HAS_SCALE: tl.constexpr, HAS_BIAS: 
 
 
 @triton.jit
-def _mma(a, b, acc, IS_INT8: tl.constexpr):
-    if IS_INT8:
-        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-    else:
-        acc = tl.dot(a, b, acc)
-    return acc
-
-
-@triton.jit
 def _products(x_ptrs, w_ptr, row_ok, q_rows, k_rows, v_rows, K, IS_INT8: tl.constexpr, MERGE_QK: tl.constexpr,
               EVEN_S: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr):
     """The three [BLOCK_S, D] sums x @ W[rows]^T for the q, k and v weight rows of one head. With
@@ -69,8 +60,8 @@ def _products(x_ptrs, w_ptr, row_ok, q_rows, k_rows, v_rows, K, IS_INT8: tl.cons
         acc_qk = tl.zeros((BLOCK_S, 2 * D), acc_ty)
         for _ in range(tl.cdiv(K, BLOCK_K)):
             a = _rows(x_ptrs, row_ok, EVEN_S)
-            acc_qk = _mma(a, tl.load(wqk_ptrs), acc_qk, IS_INT8)
-            acc_v = _mma(a, tl.load(wv_ptrs), acc_v, IS_INT8)
+            acc_qk = mma(a, tl.load(wqk_ptrs), acc_qk, IS_INT8)
+            acc_v = mma(a, tl.load(wv_ptrs), acc_v, IS_INT8)
             x_ptrs += BLOCK_K
             wqk_ptrs += BLOCK_K
             wv_ptrs += BLOCK_K
@@ -82,9 +73,9 @@ def _products(x_ptrs, w_ptr, row_ok, q_rows, k_rows, v_rows, K, IS_INT8: tl.cons
         acc_k = tl.zeros((BLOCK_S, D), acc_ty)
         for _ in range(tl.cdiv(K, BLOCK_K)):
             a = _rows(x_ptrs, row_ok, EVEN_S)
-            acc_q = _mma(a, tl.load(wq_ptrs), acc_q, IS_INT8)
-            acc_k = _mma(a, tl.load(wk_ptrs), acc_k, IS_INT8)
-            acc_v = _mma(a, tl.load(wv_ptrs), acc_v, IS_INT8)
+            acc_q = mma(a, tl.load(wq_ptrs), acc_q, IS_INT8)
+            acc_k = mma(a, tl.load(wk_ptrs), acc_k, IS_INT8)
+            acc_v = mma(a, tl.load(wv_ptrs), acc_v, IS_INT8)
             x_ptrs += BLOCK_K
             wq_ptrs += BLOCK_K
             wk_ptrs += BLOCK_K
