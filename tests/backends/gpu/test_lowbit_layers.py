@@ -168,8 +168,9 @@ def test_the_persistent_tma_schedule_gives_the_same_values_as_one_program_per_ti
             tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
             lowbit_triton.qgemm_tma_kernel.fn[(min(sms, tiles) if persistent else tiles,)](
                 TensorDescriptor.from_tensor(x_q, [128, 64]), TensorDescriptor.from_tensor(w_q, [128, 64]),
-                TensorDescriptor.from_tensor(out, [128, 128]), col, bias, m, n, k, 0.05, IS_INT8=True, HAS_BIAS=True,
-                ACT=2, OUT_Q=1 if out_dtype == torch.int8 else 0, FAST=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64,
+                TensorDescriptor.from_tensor(out, [128, 128]), col, bias, col, col, col, col, m, n, k, 0.05, IS_INT8=True,
+                HAS_BIAS=True, ACT=2, OUT_Q=1 if out_dtype == torch.int8 else 0, FAST=True, RESIDUAL=0, BLOCK_M=128,
+                BLOCK_N=128, BLOCK_K=64,
                 GROUP_M=8, PERSISTENT=persistent, NUM_SMS=sms, num_warps=4, num_stages=3)
             outs.append(out)
         assert torch.equal(outs[0], outs[1])
@@ -224,8 +225,9 @@ def test_with_fp16_elsewhere_the_layer_norms_run_in_fp16_and_write_the_int8_copy
     assert norms  # (the block's first norm reads the fp32 graph input: it stays fp32)
     quantizing = [s for s in norms if len(s.outputs) == 2]
     assert quantizing and plan.notes["fusions"]["norm_quant"] == len(quantizing)
-    for norm in quantizing:
-        assert plan.dtypes[norm.outputs[0]] == "float16" and plan.dtypes[norm.outputs[1]] == "int8"
+    for norm in quantizing:  # (a norm whose output only residual epilogues read writes its stats instead)
+        first = "float32" if norm.attrs.get("stats_only") else "float16"
+        assert plan.dtypes[norm.outputs[0]] == first and plan.dtypes[norm.outputs[1]] == "int8"
         readers = [s for s in plan.steps if norm.outputs[1] in s.inputs]
         assert readers and all(r.op == "trimtab.QLinear" and r.attrs["x_quantized"]
                                and r.attrs["x_scale"] == norm.attrs["quant_scale"] for r in readers)
@@ -411,3 +413,82 @@ def test_a_kernel_choice_is_timed_once_per_size_class_and_shared_by_the_backends
     alone = {"chosen": None, "ms": {}}
     fused._choose(alone, paths, (4,), NodeSpec("trimtab.QLinear", "ffn", {}, [None], [(16, 46, 384)]), "tactic")
     assert timed[-1] == (4,)  # no shared choices (a kernel made outside an engine): timed
+
+
+@pytest.mark.parametrize("element", ["int8", "fp8"])
+def test_residual_adds_move_into_the_8bit_epilogues_and_the_layer_norm_between_writes_only_its_stats(element, monkeypatch):
+    """Both residual adds of the encoder block go into the epilogue of the GEMM before them, and
+    the LayerNorm between them (read by the FFN's 8-bit copy and by the down-projection's residual
+    add) writes (mean, 1 / std) per row instead of its output, which the down-projection
+    recomputes: the values are the unfused plan's, bit for bit, and ONNX Runtime's within 30 dB."""
+    from trimtab.backends.gpu import fuse_int8
+    from trimtab.build import build_fp8, build_int8
+
+    block = as_model(encoder_block())
+    feeds = encoder_feeds(np.random.default_rng(0), batch=8)
+    ranges = minmax_ranges(block.proto, feeds)
+    artifact = build_fp8(block, ranges) if element == "fp8" else build_int8(block, ranges, "tensorrt", unquantized="fp16")
+    got, plan, _ = _run(artifact.proto, feeds)
+    assert plan.notes["fusions"]["residual_epilogue"] == 2 and plan.notes["fusions"]["deferred_norm"] == 1
+    assert not any(s.op == "Add" for s in plan.steps)
+    (norm,) = [s for s in plan.steps if s.op == "trimtab.LayerNorm" and s.attrs.get("stats_only")]
+    stats, copy = norm.outputs
+    assert plan.dtypes[stats] == "float32" and plan.shapes[stats] == [8, feeds["x"].shape[1], 2]
+    (down,) = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.attrs.get("residual") == "norm"]
+    assert down.inputs[3:] == [norm.inputs[0], stats, norm.inputs[1], norm.inputs[2]] and down.outputs == ["y_fp16"]
+    (out_proj,) = [s for s in plan.steps if s.op == "trimtab.QLinear" and s.attrs.get("residual") == "add"]
+    assert out_proj.outputs[0] == norm.inputs[0] and len(norm.inputs) == 3  # the norm's own residual add moved
+    assert sqnr_db(got, reference(artifact.proto, feeds)["y"]) >= 30.0
+    monkeypatch.setattr(fuse_int8, "fuse_residual_add", lambda plan: 0)
+    monkeypatch.setattr(fuse_int8, "defer_layer_norm", lambda plan: 0)
+    unfused, plan, _ = _run(artifact.proto, feeds)
+    assert "residual_epilogue" not in plan.notes["fusions"] and np.array_equal(got, unfused)
+
+
+def test_a_layer_norm_output_read_by_anything_else_is_written():
+    """The fp32 int8 artifact keeps ONNX LayerNormalization (no deferral), but its residual Adds
+    still move into the epilogues; an output read by a float op besides the GEMM is not deferred."""
+    from trimtab.build import build_int8
+
+    block = as_model(encoder_block())
+    feeds = encoder_feeds(np.random.default_rng(0), batch=8)
+    artifact = build_int8(block, minmax_ranges(block.proto, feeds), "tensorrt")
+    got, plan, _ = _run(artifact.proto, feeds)
+    assert plan.notes["fusions"]["residual_epilogue"] == 2 and "deferred_norm" not in plan.notes["fusions"]
+    assert not any(s.attrs.get("stats_only") for s in plan.steps)
+    assert sqnr_db(got, reference(artifact.proto, feeds)["y"]) >= 30.0
+
+
+@needs_cuda
+@pytest.mark.parametrize("element", ["int8", "fp8"])
+@pytest.mark.parametrize("tma", [False, True])
+def test_the_residual_epilogue_gives_the_values_of_the_separate_gemm_and_layer_norm(element, tma):
+    """On CUDA: the GEMM + residual LayerNorm kernels against the unfused kernels (the GEMM writing
+    fp16, the norm adding the residual and writing its output), for a plain residual and for one
+    recomputed from a stats-only norm; rows and columns that end mid-tile included."""
+    from trimtab.backends.gpu import lowbit
+    from trimtab.backends.gpu.norm_triton import layer_norm
+
+    torch.manual_seed(0)
+    dtype = torch.int8 if element == "int8" else lowbit.FP8
+    for m, n, k in [(300, 80, 96), (4100, 768, 768)]:
+        x_q = lowbit.quantize(torch.randn(m, k, device="cuda"), 0.02, dtype)
+        w_q = lowbit.quantize(torch.randn(n, k, device="cuda"), 0.02, dtype)
+        col, bias = torch.full((n,), 4e-4, device="cuda"), torch.randn(n, device="cuda").half()
+        s = (torch.randn(m, n, device="cuda") * 3 + 1).half()  # a previous norm's input (pre-norm sum)
+        gamma, beta = (torch.rand(n, device="cuda") + 0.5).half(), torch.randn(n, device="cuda").half()
+        use_tma = tma and lowbit.tma_ok(x_q, w_q, torch.float16)
+        y_prev, _ = layer_norm(s, gamma, beta, 1e-12, quant=(0.05, dtype))
+        stats, copy = layer_norm(s, gamma, beta, 1e-12, quant=(0.05, dtype), stats_only=True)
+        assert stats.shape == (m, 2) and torch.equal(copy, _)
+        plain = lowbit.qgemm(x_q, w_q, col, bias, None, torch.float16, tma=use_tma)
+        want = plain + y_prev
+        got_add = lowbit.qgemm(x_q, w_q, col, bias, None, torch.float16, tma=use_tma, residual=(y_prev,))
+        got_norm = lowbit.qgemm(x_q, w_q, col, bias, None, torch.float16, tma=use_tma, residual=(s, stats, gamma, beta))
+        assert torch.equal(got_add, want)
+        # the recomputed norm output may differ from the norm kernel's by an fp32 contraction: one fp16 step, rarely
+        assert (got_norm != want).float().mean() < 1e-3
+        torch.testing.assert_close(got_norm, want, rtol=1e-3, atol=1e-3)
+        reference_out = lowbit.qgemm_reference(x_q.cpu(), w_q.cpu(), col.cpu(), bias.cpu(), None, torch.float16,
+                                               residual=(s.cpu(), stats.cpu(), gamma.cpu(), beta.cpu()))
+        torch.testing.assert_close(got_norm.cpu().float(), reference_out.float(), rtol=2e-3, atol=2e-3)

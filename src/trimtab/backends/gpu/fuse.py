@@ -56,8 +56,9 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["fake_quant"] = fuse_qdq(plan)
     counts["conv"] = fuse_conv(plan)
     counts["linear"], counts["gelu"] = fuse_linear(plan, quantized or {})
-    from trimtab.backends.gpu.fuse_int8 import (fuse_attention_quant, fuse_half_fake_quant, fuse_int8_linear,
-                                                  fuse_norm_quant, fuse_requant, fuse_residual_quant)
+    from trimtab.backends.gpu.fuse_int8 import (defer_layer_norm, fuse_attention_quant, fuse_half_fake_quant,
+                                                  fuse_int8_linear, fuse_norm_quant, fuse_requant, fuse_residual_add,
+                                                  fuse_residual_quant)
     from trimtab.backends.gpu.fuse_transformer import fuse_attention, fuse_layer_norm, fuse_qkv, fuse_qkv_attention
 
     counts["qkv"] = fuse_qkv(plan)
@@ -70,6 +71,8 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["attention_quant"] = fuse_attention_quant(plan)
     counts["half_fake_quant"] = fuse_half_fake_quant(plan)
     counts["residual_quant"] = fuse_residual_quant(plan)
+    counts["residual_epilogue"] = fuse_residual_add(plan)
+    counts["deferred_norm"] = defer_layer_norm(plan)
     counts["qkv_attention"] = fuse_qkv_attention(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)

@@ -17,11 +17,22 @@
    (a ResNet block's end, Q/DQ placed the TensorRT way, half-precision elsewhere) becomes one
    `trimtab.QuantAdd`: the FakeQuants read only by the Add, the Relu and FakeQuant after it, and
    the bias of a conv without activation whose output only that FakeQuant reads, all in one pass.
+12. `fuse_residual_add`: an Add of a QLinear's float output (read by nothing else) and another
+   tensor of the same shape and type (a residual branch), either a plain Add or the one folded
+   into a `trimtab.LayerNorm` as its residual, moves into the QLinear's epilogue
+   (attrs residual "add"; the residual is inputs[3]).
+13. `defer_layer_norm`: a `trimtab.LayerNorm` (no residual of its own) whose normalized output
+   only such epilogues read writes the rows' statistics instead (attrs stats_only; its 8-bit copy
+   as before), and each of those QLinears recomputes the norm's output from the norm's input in
+   its epilogue (residual "norm"; inputs[3:7] = the norm's input, stats, scale, bias). In BERT
+   every LayerNorm but the last is read that way (by the next attention output projection or FFN
+   down-projection): the normalized tensor, 25 MB at BERT-base batch 128, is neither written nor
+   read back.
 """
 
 from __future__ import annotations
 
-from trimtab.backends.gpu.fuse import _const, _Index
+from trimtab.backends.gpu.fuse import _const, _Index, _new_const
 from trimtab.backends.gpu.plan import Plan, Step
 
 _HALF = ("float16", "bfloat16")
@@ -239,3 +250,73 @@ def _half_fake_quant(plan: Plan, fake: Step | None) -> tuple[float, str] | None:
     if fake is None or not fake.attrs.get("half"):
         return None
     return _symmetric_fake_quant(plan, fake)
+
+
+def fuse_residual_add(plan: Plan) -> int:
+    index, done = _Index(plan), 0
+    for step in list(plan.steps):
+        if step.op == "Add" and len(step.inputs) == 2:
+            pairs = [(step.inputs[0], step.inputs[1]), (step.inputs[1], step.inputs[0])]
+        elif step.op == "trimtab.LayerNorm" and len(step.inputs) == 4 and step.inputs[3]:
+            pairs = [(step.inputs[0], step.inputs[3]), (step.inputs[3], step.inputs[0])]
+        else:
+            continue
+        for out, residual in pairs:
+            linear = _residual_taker(plan, index, out, residual, step)
+            if linear is None:
+                continue
+            linear.inputs = [*(linear.inputs + ["", ""])[:3], residual]
+            linear.attrs["residual"] = "add"
+            if step.op == "Add":  # the linear's output is now the sum
+                linear.outputs = list(step.outputs)
+                linear.fused.append(step.name)
+                plan.steps.remove(step)
+            else:
+                step.inputs = [linear.outputs[0], *step.inputs[1:3]]
+            index, done = _Index(plan), done + 1
+            break
+    return done
+
+
+def _residual_taker(plan: Plan, index: _Index, out: str, residual: str, add: Step) -> Step | None:
+    """The QLinear that writes `out` when it can add `residual` in its epilogue: float output read
+    only by `add`, same shape and type as the residual, and the residual computed before it."""
+    linear = index.producer.get(out)
+    if (linear is None or linear.op != "trimtab.QLinear" or linear.attrs.get("split") or linear.attrs.get("residual")
+            or linear.attrs.get("out_scale") is not None or index.sole_consumer(out) is not add
+            or _const(plan, residual) is not None or plan.shapes.get(out) != plan.shapes.get(residual)
+            or plan.dtypes.get(out) != plan.dtypes.get(residual)
+            or not plan.dtypes.get(out, "").startswith(("float", "bfloat"))):
+        return None
+    source = index.producer.get(residual)
+    if source is not None and plan.steps.index(source) > plan.steps.index(linear):
+        return None
+    return linear
+
+
+def defer_layer_norm(plan: Plan) -> int:
+    index, done = _Index(plan), 0
+    for norm in plan.steps:
+        if (norm.op != "trimtab.LayerNorm" or norm.attrs.get("stats_only")
+                or (len(norm.inputs) > 3 and norm.inputs[3])):
+            continue
+        y = norm.outputs[0]
+        readers = index.consumers.get(y, [])
+        shape = plan.shapes[y]
+        scale = _const(plan, norm.inputs[1])
+        bias = _const(plan, norm.inputs[2]) if len(norm.inputs) > 2 else None
+        if (not readers or y in index.protected or int(norm.attrs.get("axis", -1)) % len(shape) != len(shape) - 1
+                or scale is None or list(scale.shape) != shape[-1:] or (bias is not None and bias.shape != scale.shape)
+                or not all(r.op == "trimtab.QLinear" and r.attrs.get("residual") == "add" and r.inputs[3] == y
+                           and y not in r.inputs[:3] for r in readers)):
+            continue
+        stats = f"{y}__stats"
+        plan.shapes[stats], plan.dtypes[stats] = [*shape[:-1], 2], "float32"
+        beta = norm.inputs[2] if bias is not None else _new_const(plan, f"{norm.name}_zero_bias", scale.new_zeros(scale.shape))
+        norm.outputs[0] = stats
+        norm.attrs["stats_only"] = True
+        for reader in readers:
+            reader.inputs = [*reader.inputs[:3], norm.inputs[0], stats, norm.inputs[1], beta]
+            reader.attrs["residual"] = "norm"
+        done += 1
+    return done

@@ -13,8 +13,10 @@
                        timing at build finds it faster (`run.choice`, in the engine's notes)
     trimtab.LayerNorm  layer_norm(x [+ z]) over the last axes; inputs x, scale, bias?, z?; attrs
                        axis, epsilon; quant_scale + quant_element: a second output, the int8/fp8
-                       copy for 8-bit layers. On CUDA, over the last axis: one Triton pass
-                       (`norm_triton.py`)
+                       copy for 8-bit layers; stats_only: the first output is each row's
+                       (mean, 1 / std) instead of the normalized values, which the 8-bit layers
+                       that add them as their residual recompute (`fuse_int8.defer_layer_norm`).
+                       On CUDA, over the last axis: one Triton pass (`norm_triton.py`)
     trimtab.FakeQuant  QuantizeLinear -> DequantizeLinear in float (the ONNX rounding, half to even);
                        inputs x, q_scale, q_zero, dq_scale, dq_zero; attrs: lo, hi, axis, element,
                        half (reads and writes x's fp16/bf16 type: the Casts around the pair were
@@ -23,7 +25,9 @@
                        x_quantized), W[N, K] float (the float tactic), b?; attrs: element (int8 or
                        float8_e4m3fn), x_scale, w_q [N, K] of that element, col_scale [N], act,
                        split, out_dtype, out_scale (8-bit output for the next QLinear),
-                       x_quantized. On CUDA the first call times the 8-bit kernel against the
+                       x_quantized, residual ("add": inputs[3] is added to the output;
+                       "norm": inputs[3:7] are a deferred LayerNorm's input, stats, scale
+                       and bias, and its output is added). On CUDA the first call times the 8-bit kernel against the
                        float path (fake-quant + F.linear in the artifact's float type) and keeps
                        the faster: `run.tactic["chosen"]`, reported per layer by the engine.
     trimtab.QKVAttention  a fused Q/K/V linear layer (Linear or QLinear, attrs as theirs, linear_op
@@ -173,6 +177,7 @@ def _layer_norm(node):
     quant = None
     if node.attr("quant_element"):  # a second output: the 8-bit copy the int8/fp8 layers read
         quant = (float(node.attr("quant_scale")), getattr(torch, node.attr("quant_element")))
+    stats_only = bool(node.attr("stats_only", False))
 
     def generic(x, scale, bias=None, z=None):
         if z is not None:
@@ -180,10 +185,11 @@ def _layer_norm(node):
         scale = scale if tuple(scale.shape) == shape else scale.expand(shape)
         if bias is not None and tuple(bias.shape) != shape:
             bias = bias.expand(shape)
-        if quant is None:
+        if quant is None and not stats_only:
             return F.layer_norm(x, shape, scale, bias, eps)
         y = F.layer_norm(x.float(), shape, scale.float(), None if bias is None else bias.float(), eps)
-        return y.to(x.dtype), lowbit.quantize_reference(y, *quant)
+        first = _row_stats(x, eps) if stats_only else y.to(x.dtype)
+        return (first, lowbit.quantize_reference(y, *quant)) if quant else first
 
     if node.device != "cuda" or axis != rank - 1:
         return generic
@@ -192,9 +198,17 @@ def _layer_norm(node):
     def triton_norm(x, scale, bias=None, z=None):
         if tuple(scale.shape) != shape or (bias is not None and tuple(bias.shape) != shape):
             return generic(x, scale, bias, z)
-        return layer_norm(x, scale, bias, eps, residual=z, quant=quant)
+        return layer_norm(x, scale, bias, eps, residual=z, quant=quant, stats_only=stats_only)
 
     return triton_norm
+
+
+def _row_stats(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each row's (mean, 1 / sqrt(var + eps)) over the last axis, fp32 [..., 2] (the stats_only output)."""
+    x = x.float()
+    mean = x.mean(-1, keepdim=True)
+    var = (x - mean).square().mean(-1, keepdim=True)
+    return torch.cat([mean, torch.rsqrt(var + eps)], dim=-1)
 
 
 @kernel("trimtab.FakeQuant")
@@ -248,30 +262,33 @@ def _qlinear(node):
     def finish(y):
         return y.split(split, dim=-1) if split else y
 
-    def low_path(x, w, b=None):
+    def low_path(x, w, b=None, *residual):
         x_q = x if x_quantized else lowbit.quantize(x, x_scale, element, fast=fast)
-        return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale, fast=fast))
+        return finish(lowbit.qgemm(x_q, w_q, col_scale, b, act, out_dtype, out_scale, fast=fast,
+                                   residual=residual or None))
 
-    def float_path(x, w, b=None):  # the artifact's own arithmetic: fake-quant, then a float GEMM
+    def float_path(x, w, b=None, *residual):  # the artifact's own arithmetic: fake-quant, then a float GEMM
         if x_quantized:
             x = (x.float() * x_scale).to(w.dtype)
         else:
             x = lowbit.fake_quantize(x, x_scale, element, fast=fast).to(w.dtype)
         y = F.linear(x, w, b)
         y = epilogue(y) if epilogue else y
-        return finish(lowbit.quantize(y, out_scale, element, fast=fast) if out_scale is not None else y.to(out_dtype))
+        if out_scale is not None:
+            return finish(lowbit.quantize(y, out_scale, element, fast=fast))
+        return finish(lowbit.add_residual(y.to(out_dtype), residual or None))
 
     paths = {low: low_path}
     state = {"chosen": None, "ms": {}}
 
-    def run(x, w, b=None):
+    def run(x, w, b=None, *residual):
         if state["chosen"] is None:
             paths[str(w.dtype).removeprefix("torch.")] = float_path
             if node.device == "cuda":
-                _choose(state, paths, (x, w, b), node, "tactic")
+                _choose(state, paths, (x, w, b, *residual), node, "tactic")
             else:
                 state["chosen"] = low
-        return paths[state["chosen"]](x, w, b)
+        return paths[state["chosen"]](x, w, b, *residual)
 
     run.tactic = state
     return run

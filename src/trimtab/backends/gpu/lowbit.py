@@ -8,6 +8,10 @@ instructions want for B), `col_scale = x_scale * w_scale[n]`. The epilogue appli
 bias, ReLU or erf-GELU, and either casts to the output dtype or quantizes again with the next
 layer's input scale, so the next GEMM reads 8-bit data straight away.
 
+With `residual` the epilogue also adds the layer's residual branch (the artifact's Add after the
+layer, rounded as it rounds): a tensor, or a LayerNorm's output recomputed from the norm's input
+and per-row statistics (`residual_value`; the GPU engine's deferred LayerNorm, fuse_int8.py).
+
 On CUDA the product is a Triton kernel (`tl.dot` on 8-bit operands: `wgmma` on Hopper, int32 or
 fp32 accumulators); elsewhere a float64 reference gives the same values (int8 products are exact
 in float64), which the CPU conformance tests use.
@@ -38,7 +42,8 @@ def quantize_reference(x: torch.Tensor, scale: float, dtype: torch.dtype) -> tor
 
 
 def qgemm_reference(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
-                    act: str | None, out_dtype: torch.dtype, out_scale: float | None = None) -> torch.Tensor:
+                    act: str | None, out_dtype: torch.dtype, out_scale: float | None = None,
+                    residual: tuple | None = None) -> torch.Tensor:
     """The layer in float64 (exact int8 products): x_q [..., K], w_q [N, K] -> [..., N]."""
     acc = x_q.reshape(-1, x_q.shape[-1]).double() @ w_q.double().t()
     y = acc * col_scale.double()
@@ -48,7 +53,23 @@ def qgemm_reference(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tenso
     y = y.reshape(*x_q.shape[:-1], w_q.shape[0])
     if out_scale is not None:
         return quantize_reference(y, out_scale, out_dtype)
-    return y.to(out_dtype)
+    return add_residual(y.to(out_dtype), residual)
+
+
+def add_residual(y: torch.Tensor, residual: tuple | None) -> torch.Tensor:
+    """y + the residual branch, both in y's type (the artifact's Add)."""
+    return y if residual is None else y + residual_value(residual, y.dtype)
+
+
+def residual_value(residual: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """The residual branch in `dtype`: (z,) is z; (x, stats, gamma, beta) is the output of the
+    LayerNorm over x's last axis whose per-row (mean, 1 / std) are `stats` [..., 2] (fp32), in
+    fp32 as the norm kernel computes it, then rounded."""
+    if len(residual) == 1:
+        return residual[0].to(dtype)
+    x, stats, gamma, beta = residual
+    mean, rstd = stats[..., :1].float(), stats[..., 1:].float()
+    return ((x.float() - mean) * rstd * gamma.float() + beta.float()).to(dtype)
 
 
 def _act(y: torch.Tensor, act: str | None) -> torch.Tensor:
@@ -103,14 +124,17 @@ def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out_dtype:
 
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
           act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True,
-          tma: bool | None = None) -> torch.Tensor:
+          tma: bool | None = None, residual: tuple | None = None) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
     (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8 (or
     both fp16/bf16: the fp16 engine's linear + GELU, fp32 sums; CUDA only). `tma`: the kernel
     whose tiles the TMA copy engine moves (None: wherever `tma_ok`; it was the faster kernel on
-    every BERT layer measured)."""
+    every BERT layer measured). `residual`: (z,) or (x, stats, gamma, beta), added in the
+    epilogue (`residual_value`; float outputs only), each of the output's shape (stats [..., 2])."""
+    if residual is not None and out_scale is not None:
+        raise ValueError("a residual add needs a float output, not a quantized one")
     if x_q.device.type != "cuda":
-        return qgemm_reference(x_q, w_q, col_scale, bias, act, out_dtype, out_scale)
+        return qgemm_reference(x_q, w_q, col_scale, bias, act, out_dtype, out_scale, residual)
     kernels = _triton_kernels()
     if tma is None:
         tma = tma_ok(x_q, w_q, out_dtype)
@@ -121,7 +145,9 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     m, n = a.shape[0], w_q.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     out_q = 0 if out_scale is None else (1 if out_dtype == torch.int8 else 2)
-    flags = dict(IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q, FAST=fast)
+    flags = dict(IS_INT8=x_q.dtype == torch.int8, HAS_BIAS=bias is not None, ACT=ACTS[act], OUT_Q=out_q, FAST=fast,
+                 RESIDUAL=0 if residual is None else (1 if len(residual) == 1 else 2))
+    res_args = _residual_args(residual, col_scale)
     cdiv = kernels["triton"].cdiv
     grid = lambda meta: (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     bias_arg, scale_out = bias if bias is not None else col_scale, 1.0 if out_scale is None else out_scale
@@ -130,11 +156,20 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
         sms = _multiprocessors(a.device)
         tma_grid = lambda meta: (min(sms, grid(meta)[0]) if meta["PERSISTENT"] else grid(meta)[0],)  # noqa: E731
         kernels["qgemm_tma"][tma_grid](desc(a, [1, 1]), desc(w_q.contiguous(), [1, 1]), desc(out, [1, 1]), col_scale,
-                                       bias_arg, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=_bucket(m), **flags)
+                                       bias_arg, *res_args, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=_bucket(m),
+                                       **flags)
     else:
-        kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, m, n, k, a.stride(0), w_q.stride(0), out.stride(0),
-                               scale_out, M_BUCKET=_bucket(m), **flags)
+        kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, *res_args, m, n, k, a.stride(0), w_q.stride(0),
+                               out.stride(0), scale_out, M_BUCKET=_bucket(m), **flags)
     return out.reshape(*lead, n)
+
+
+def _residual_args(residual: tuple | None, placeholder: torch.Tensor) -> list[torch.Tensor]:
+    """The kernels' (res, stats, gamma, beta) pointers, contiguous; `placeholder` where unused."""
+    if residual is None:
+        return [placeholder] * 4
+    args = [t.contiguous() for t in residual]
+    return args + [placeholder] * (4 - len(args))
 
 
 def _bucket(n: int) -> int:

@@ -7,6 +7,10 @@ the norm, the quantizer); here it is one read of x and the residual and one writ
 Statistics are fp32 (as PyTorch's kernel); the residual sum is rounded to the input's type first,
 as the artifact's own Add does; the 8-bit copy quantizes the fp32 result (as the artifact's
 QuantizeLinear on the fp32 LayerNorm output does), multiplying by 1 / scale.
+
+With `stats_only` the normalized values are not written at all, only the 8-bit copy and each row's
+(mean, 1 / std): the 8-bit GEMM that adds this norm's output as its residual recomputes it in its
+epilogue from the norm's input (`lowbit_triton.add_residual`, the same fp32 arithmetic).
 """
 
 import torch
@@ -19,7 +23,8 @@ from trimtab.backends.gpu.lowbit_triton import round_to_int8
 
 @triton.jit
 def _layer_norm(x_ptr, z_ptr, w_ptr, b_ptr, y_ptr, q_ptr, rows, N, eps, q_scale, HAS_Z: tl.constexpr,
-                HAS_B: tl.constexpr, QUANT: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+                HAS_B: tl.constexpr, QUANT: tl.constexpr, STATS: tl.constexpr, ROWS: tl.constexpr,
+                BLOCK_N: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     c = tl.arange(0, BLOCK_N)
     live = (r < rows)[:, None] & (c < N)[None, :]
@@ -34,7 +39,11 @@ def _layer_norm(x_ptr, z_ptr, w_ptr, b_ptr, y_ptr, q_ptr, rows, N, eps, q_scale,
     y = d * rstd[:, None] * tl.load(w_ptr + c, mask=c < N, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         y += tl.load(b_ptr + c, mask=c < N, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=live)
+    if STATS:  # y_ptr: [rows, 2] fp32
+        tl.store(y_ptr + r.to(tl.int64) * 2, mean, mask=r < rows)
+        tl.store(y_ptr + r.to(tl.int64) * 2 + 1, rstd, mask=r < rows)
+    else:
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=live)
     if QUANT == 1:
         q = round_to_int8(y * (1.0 / q_scale))
         tl.store(q_ptr + offs, q, mask=live)
@@ -44,13 +53,17 @@ def _layer_norm(x_ptr, z_ptr, w_ptr, b_ptr, y_ptr, q_ptr, rows, N, eps, q_scale,
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
-               residual: torch.Tensor | None = None, quant: tuple[float, torch.dtype] | None = None):
+               residual: torch.Tensor | None = None, quant: tuple[float, torch.dtype] | None = None,
+               stats_only: bool = False):
     """LayerNorm(x [+ residual]) over the last axis of a CUDA tensor; with `quant` = (scale, int8 or
-    fp8 dtype) also the 8-bit copy: returns y or (y, y_q)."""
+    fp8 dtype) also the 8-bit copy: returns y or (y, y_q). With `stats_only` (no residual) y is
+    replaced by the rows' (mean, 1 / std), fp32 [..., 2]."""
+    if stats_only and residual is not None:
+        raise ValueError("stats_only needs the norm's whole input in x (no residual to add)")
     x = x.contiguous()
     n = x.shape[-1]
     rows = x.numel() // n
-    y = torch.empty_like(x)
+    y = torch.empty((*x.shape[:-1], 2), dtype=torch.float32, device=x.device) if stats_only else torch.empty_like(x)
     q = torch.empty(x.shape, dtype=quant[1], device=x.device) if quant else y
     block_n = triton.next_power_of_2(n)
     per_program = max(1, 4096 // block_n)
@@ -58,6 +71,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     _layer_norm[(triton.cdiv(rows, per_program),)](
         x, z, weight.contiguous(), bias.contiguous() if bias is not None else weight, y, q, rows, n, eps,
         quant[0] if quant else 1.0, HAS_Z=residual is not None, HAS_B=bias is not None,
-        QUANT=0 if not quant else (1 if quant[1] == torch.int8 else 2), ROWS=per_program, BLOCK_N=block_n,
+        QUANT=0 if not quant else (1 if quant[1] == torch.int8 else 2), STATS=stats_only, ROWS=per_program,
+        BLOCK_N=block_n,
         num_warps=8 if per_program * block_n >= 4096 else 4)
     return (y, q) if quant else y
