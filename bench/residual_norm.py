@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from _support import cuda_graph_interleaved, gpu_environment
-from trimtab.backends.gpu import lowbit
+from trimtab.backends.gpu import lowbit, lowbit_triton
 from trimtab.backends.gpu.norm_triton import layer_norm
 
 TOKENS, HIDDEN, EPS = 128 * 128, 768, 1e-12
@@ -54,13 +54,25 @@ def operands(element: torch.dtype, k: int) -> dict:
 
 def written(o: dict):
     y = lowbit.qgemm(o["x_q"], o["w_q"], o["col"], o["bias"], None, torch.float16)
-    return y, layer_norm(y, o["gamma"], o["beta"], EPS, residual=o["prev_out"], quant=o["quant"])
+    return y + o["prev_out"], layer_norm(y, o["gamma"], o["beta"], EPS, residual=o["prev_out"], quant=o["quant"])
 
 
-def deferred(o: dict):
+def deferred(o: dict, residual_first: bool = False, rows: int | None = None):
     residual = (o["pre_norm"], o["prev_stats"], o["gamma"], o["beta"])
-    y = lowbit.qgemm(o["x_q"], o["w_q"], o["col"], o["bias"], None, torch.float16, residual=residual)
-    return y, layer_norm(y, o["gamma"], o["beta"], EPS, quant=o["quant"], stats_only=True)
+    y = lowbit.qgemm(o["x_q"], o["w_q"], o["col"], o["bias"], None, torch.float16, residual=residual,
+                     residual_first=residual_first)
+    return y, layer_norm(y, o["gamma"], o["beta"], EPS, quant=o["quant"], stats_only=True, rows_per_program=rows)
+
+
+def with_pdl(fn):
+    """fn with programmatic dependent launch on for the GEMM and norm kernels it launches."""
+    def run():
+        lowbit_triton.PDL = True
+        try:
+            return fn()
+        finally:
+            lowbit_triton.PDL = False
+    return run
 
 
 def parts(o: dict) -> dict:
@@ -72,16 +84,30 @@ def parts(o: dict) -> dict:
         "GEMM + recomputed residual": lambda: lowbit.qgemm(o["x_q"], o["w_q"], o["col"], o["bias"], None,
                                                            torch.float16, residual=residual),
         "add + norm + copy": lambda: layer_norm(y, o["gamma"], o["beta"], EPS, residual=o["prev_out"], quant=o["quant"]),
+        "GEMM + recomputed residual, loaded first": lambda: lowbit.qgemm(
+            o["x_q"], o["w_q"], o["col"], o["bias"], None, torch.float16, residual=residual, residual_first=True),
         "norm stats + copy": lambda: layer_norm(y, o["gamma"], o["beta"], EPS, quant=o["quant"], stats_only=True),
+        "norm stats + copy, 8 rows a program": lambda: layer_norm(y, o["gamma"], o["beta"], EPS, quant=o["quant"],
+                                                                 stats_only=True, rows_per_program=8),
+        "norm stats + copy, 16 rows a program": lambda: layer_norm(y, o["gamma"], o["beta"], EPS, quant=o["quant"],
+                                                                  stats_only=True, rows_per_program=16),
     }
+
+
+def chain(o: dict):
+    """Two deferred GEMM + norm pairs back to back: kernel boundaries where PDL can overlap."""
+    deferred(o)
+    return deferred(o)
 
 
 def check(o: dict) -> str:
     """The deferred path's pre-norm sum and 8-bit copy against the written path's."""
     (y_w, (_, q_w)), (y_d, (_, q_d)) = written(o), deferred(o)
+    (y_e, (_, q_e)), (y_p, (_, q_p)) = deferred(o, True), with_pdl(lambda: deferred(o))()
     sums = float((y_w != y_d).float().mean())
     codes = float((q_w.view(torch.uint8) != q_d.view(torch.uint8)).float().mean())
-    return f"sums differing {sums:.1e}, codes differing {codes:.1e}"
+    same = torch.equal(y_e, y_d) and torch.equal(q_e, q_d) and torch.equal(y_p, y_d) and torch.equal(q_p, q_d)
+    return f"sums differing {sums:.1e}, codes differing {codes:.1e}; loaded first and PDL identical: {same}"
 
 
 def main() -> None:
@@ -96,6 +122,11 @@ def main() -> None:
                 checks[f"{element_name} {layer}"] = check(o)
                 variants[f"{element_name} {layer}: written"] = lambda o=o: written(o)
                 variants[f"{element_name} {layer}: deferred"] = lambda o=o: deferred(o)
+                variants[f"{element_name} {layer}: deferred, residual loaded first"] = lambda o=o: deferred(o, True)
+                variants[f"{element_name} {layer}: written, PDL"] = with_pdl(lambda o=o: written(o))
+                variants[f"{element_name} {layer}: deferred, PDL"] = with_pdl(lambda o=o: deferred(o))
+                variants[f"{element_name} {layer}: layer chain (4 kernels), PDL"] = with_pdl(lambda o=o: chain(o))
+                variants[f"{element_name} {layer}: layer chain (4 kernels)"] = lambda o=o: chain(o)
                 for part, fn in parts(o).items():
                     variants[f"{element_name} {layer}: {part}"] = fn
         times = cuda_graph_interleaved(variants, rounds=9, iters=20)

@@ -25,6 +25,12 @@ import os
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+# Programmatic dependent launch (Hopper): kernels launched with it may start while the kernel
+# before them finishes its last tiles; each waits (`gdc_wait`) before touching memory. Read at
+# launch time by `lowbit.qgemm` and `norm_triton.layer_norm` (bench/residual_norm.py times it).
+PDL = False
 
 
 @triton.jit
@@ -78,19 +84,29 @@ def epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS: tl.constexp
 
 
 @triton.jit
-def add_residual(out, rows, cols, M, N, res_ptr, stats_ptr, gamma_ptr, beta_ptr, RESIDUAL: tl.constexpr):
-    """out (the epilogue's tile, in the output's type) + the residual branch, rounded as the
-    artifact's Add of two tensors of that type. RESIDUAL 1: the residual tensor [M, N] itself.
-    RESIDUAL 2: the output of a LayerNorm that was not written (`norm_triton`, stats only):
-    recomputed here from its input [M, N], its per-row (mean, rstd) and its scale and bias, with
-    the norm kernel's own fp32 arithmetic and rounding, so the values are the ones it would have
-    written. That saves the norm's output write and this read of it: 50 MB a BERT-base layer norm
-    at batch 128."""
+def load_residual(rows, cols, M, N, res_ptr, stats_ptr, RESIDUAL: tl.constexpr):
+    """The residual tile [rows, cols] (and for RESIDUAL 2 its rows' mean and 1 / std): loaded
+    before the tile's matrix products where the caller wants them in flight meanwhile."""
     live = (rows < M)[:, None] & (cols < N)[None, :]
     r = tl.load(res_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], mask=live, other=0.0)
+    mean = tl.zeros_like(rows).to(tl.float32)
+    rstd = mean
     if RESIDUAL == 2:
         mean = tl.load(stats_ptr + rows.to(tl.int64) * 2, mask=rows < M, other=0.0)
         rstd = tl.load(stats_ptr + rows.to(tl.int64) * 2 + 1, mask=rows < M, other=0.0)
+    return r, mean, rstd
+
+
+@triton.jit
+def add_residual(out, r, mean, rstd, cols, N, gamma_ptr, beta_ptr, RESIDUAL: tl.constexpr):
+    """out (the epilogue's tile, in the output's type) + the residual branch, rounded as the
+    artifact's Add of two tensors of that type. RESIDUAL 1: r is the residual tensor's tile.
+    RESIDUAL 2: r is the tile of the input of a LayerNorm whose output was not written
+    (`norm_triton`, stats only), and the output is recomputed here from it, the rows' mean and
+    1 / std and the norm's scale and bias, with the norm kernel's own fp32 arithmetic and
+    rounding. That saves the norm's output write and this read of it: 50 MB a BERT-base layer
+    norm at batch 128."""
+    if RESIDUAL == 2:
         gamma = tl.load(gamma_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
         beta = tl.load(beta_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
         y = (r.to(tl.float32) - mean[:, None]) * rstd[:, None] * gamma[None, :]
@@ -170,7 +186,8 @@ def qgemm_kernel(a_ptr, b_ptr, c_ptr, scale_ptr, bias_ptr, res_ptr, stats_ptr, g
         b_ptrs += BLOCK_K
     out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_ptr.dtype.element_ty)
     if RESIDUAL != 0:
-        out = add_residual(out, rows, cols, M, N, res_ptr, stats_ptr, gamma_ptr, beta_ptr, RESIDUAL)
+        r, mean, rstd = load_residual(rows, cols, M, N, res_ptr, stats_ptr, RESIDUAL)
+        out = add_residual(out, r, mean, rstd, cols, N, gamma_ptr, beta_ptr, RESIDUAL)
     c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
     tl.store(c_ptrs, out, mask=(rows[:, None] < M) & (cols[None, :] < N))
 
@@ -239,35 +256,43 @@ def tile_sums(a_desc, b_desc, off_m, off_n, K, IS_INT8: tl.constexpr, BLOCK_M: t
 @triton.jit
 def _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, M, N, K,
               out_scale, IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
-              FAST: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+              FAST: tl.constexpr, RESIDUAL: tl.constexpr, RESIDUAL_FIRST: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = tile_of(tile_id, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
+    rows, cols = off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N)
+    if RESIDUAL_FIRST:  # (only with a residual) its loads in flight during the products
+        r, mean, rstd = load_residual(rows, cols, M, N, res_ptr, stats_ptr, RESIDUAL)
     acc = tile_sums(a_desc, b_desc, off_m, off_n, K, IS_INT8, BLOCK_M, BLOCK_N, BLOCK_K)
-    cols = off_n + tl.arange(0, BLOCK_N)
     out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_desc.dtype)
     if RESIDUAL != 0:
-        out = add_residual(out, off_m + tl.arange(0, BLOCK_M), cols, M, N, res_ptr, stats_ptr, gamma_ptr, beta_ptr,
-                           RESIDUAL)
+        if RESIDUAL_FIRST == 0:
+            r, mean, rstd = load_residual(rows, cols, M, N, res_ptr, stats_ptr, RESIDUAL)
+        out = add_residual(out, r, mean, rstd, cols, N, gamma_ptr, beta_ptr, RESIDUAL)
     c_desc.store([off_m, off_n], out)
 
 
-@triton.autotune(configs=tma_configs, key=["M_BUCKET", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST", "RESIDUAL"],
+@triton.autotune(configs=tma_configs, key=["M_BUCKET", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST", "RESIDUAL",
+                                           "RESIDUAL_FIRST"],
                  prune_configs_by={"early_config_prune": few_gemm_configs})
 @triton.jit
 def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, M, N, K,
                      out_scale, IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-                     OUT_Q: tl.constexpr, FAST: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     OUT_Q: tl.constexpr, FAST: tl.constexpr, RESIDUAL: tl.constexpr, RESIDUAL_FIRST: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr, NUM_SMS: tl.constexpr, M_BUCKET=1):
     """`qgemm_kernel` with the tiles moved by the TMA copy engine (descriptor loads and store; out of
     range rows and columns are zero-filled on load and dropped on store): one program per tile, or
     with PERSISTENT one per SM (NUM_SMS programs) taking every NUM_SMS-th tile."""
+    gdc_wait()  # (no-op unless launched with programmatic dependent launch: `PDL`)
+    gdc_launch_dependents()
     if PERSISTENT:
         num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
             _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, M,
-                      N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q, FAST, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                      N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q, FAST, RESIDUAL, RESIDUAL_FIRST, BLOCK_M, BLOCK_N,
+                      BLOCK_K, GROUP_M)
     else:
         _tma_tile(tl.program_id(0), a_desc, b_desc, c_desc, scale_ptr, bias_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr,
-                  M, N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q, FAST, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+                  M, N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q, FAST, RESIDUAL, RESIDUAL_FIRST, BLOCK_M, BLOCK_N,
+                      BLOCK_K, GROUP_M)
