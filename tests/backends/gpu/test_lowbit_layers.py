@@ -169,8 +169,7 @@ def test_the_persistent_tma_schedule_gives_the_same_values_as_one_program_per_ti
             lowbit_triton.qgemm_tma_kernel.fn[(min(sms, tiles) if persistent else tiles,)](
                 TensorDescriptor.from_tensor(x_q, [128, 64]), TensorDescriptor.from_tensor(w_q, [128, 64]),
                 TensorDescriptor.from_tensor(out, [128, 128]), col, bias, col, col, col, col, m, n, k, 0.05, IS_INT8=True,
-                HAS_BIAS=True, ACT=2, OUT_Q=1 if out_dtype == torch.int8 else 0, FAST=True, RESIDUAL=0, RESIDUAL_FIRST=False,
-                BLOCK_M=128,
+                HAS_BIAS=True, ACT=2, OUT_Q=1 if out_dtype == torch.int8 else 0, FAST=True, RESIDUAL=0, BLOCK_M=128,
                 BLOCK_N=128, BLOCK_K=64,
                 GROUP_M=8, PERSISTENT=persistent, NUM_SMS=sms, num_warps=4, num_stages=3)
             outs.append(out)
@@ -487,12 +486,13 @@ def test_the_residual_epilogue_gives_the_values_of_the_separate_gemm_and_layer_n
         want = plain + y_prev
         got_add = lowbit.qgemm(x_q, w_q, col, bias, None, torch.float16, tma=use_tma, residual=(y_prev,))
         got_norm = lowbit.qgemm(x_q, w_q, col, bias, None, torch.float16, tma=use_tma, residual=(s, stats, gamma, beta))
-        early = lowbit.qgemm(x_q, w_q, col, bias, None, torch.float16, tma=use_tma, residual=(s, stats, gamma, beta),
-                             residual_first=True)
-        assert torch.equal(got_add, want) and torch.equal(early, got_norm)
+        assert torch.equal(got_add, want)
         # the recomputed norm output may differ from the norm kernel's by an fp32 contraction: one fp16 step, rarely
         assert (got_norm != want).float().mean() < 1e-3
         torch.testing.assert_close(got_norm, want, rtol=1e-3, atol=1e-3)
         reference_out = lowbit.qgemm_reference(x_q.cpu(), w_q.cpu(), col.cpu(), bias.cpu(), None, torch.float16,
                                                residual=(s.cpu(), stats.cpu(), gamma.cpu(), beta.cpu()))
-        torch.testing.assert_close(got_norm.cpu().float(), reference_out.float(), rtol=2e-3, atol=2e-3)
+        # (fp8 sums in fp32 may round the GEMM's fp16 output one step (up to 2^-8 here) the other way
+        # before the residual is added; int8 sums are exact)
+        close = (got_norm.cpu().float() - reference_out.float()).abs() <= 1e-2
+        assert close.all() and (got_norm.cpu() != reference_out).float().mean() < 1e-2

@@ -31,7 +31,6 @@ import torch
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 ACTS = {None: 0, "relu": 1, "gelu": 2}
-RESIDUAL_FIRST = False  # the TMA GEMM's residual loads: after the tile's products (bench/residual_norm.py)
 
 
 def quantize_reference(x: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
@@ -125,14 +124,13 @@ def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out_dtype:
 
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
           act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True,
-          tma: bool | None = None, residual: tuple | None = None, residual_first: bool = RESIDUAL_FIRST) -> torch.Tensor:
+          tma: bool | None = None, residual: tuple | None = None) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
     (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8 (or
     both fp16/bf16: the fp16 engine's linear + GELU, fp32 sums; CUDA only). `tma`: the kernel
     whose tiles the TMA copy engine moves (None: wherever `tma_ok`; it was the faster kernel on
     every BERT layer measured). `residual`: (z,) or (x, stats, gamma, beta), added in the
-    epilogue (`residual_value`; float outputs only), each of the output's shape (stats [..., 2]);
-    `residual_first`: the TMA kernel loads it before the tile's products, not after."""
+    epilogue (`residual_value`; float outputs only), each of the output's shape (stats [..., 2])."""
     if residual is not None and out_scale is not None:
         raise ValueError("a residual add needs a float output, not a quantized one")
     if x_q.device.type != "cuda":
@@ -159,7 +157,6 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
         tma_grid = lambda meta: (min(sms, grid(meta)[0]) if meta["PERSISTENT"] else grid(meta)[0],)  # noqa: E731
         kernels["qgemm_tma"][tma_grid](desc(a, [1, 1]), desc(w_q.contiguous(), [1, 1]), desc(out, [1, 1]), col_scale,
                                        bias_arg, *res_args, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=_bucket(m),
-                                       RESIDUAL_FIRST=residual_first and residual is not None, launch_pdl=k_pdl(),
                                        **flags)
     else:
         kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, *res_args, m, n, k, a.stride(0), w_q.stride(0),
@@ -173,13 +170,6 @@ def _residual_args(residual: tuple | None, placeholder: torch.Tensor) -> list[to
         return [placeholder] * 4
     args = [t.contiguous() for t in residual]
     return args + [placeholder] * (4 - len(args))
-
-
-def k_pdl() -> bool:
-    """`lowbit_triton.PDL`, read at each launch."""
-    from trimtab.backends.gpu import lowbit_triton
-
-    return lowbit_triton.PDL
 
 
 def _bucket(n: int) -> int:

@@ -25,12 +25,6 @@ import os
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-
-# Programmatic dependent launch (Hopper): kernels launched with it may start while the kernel
-# before them finishes its last tiles; each waits (`gdc_wait`) before touching memory. Read at
-# launch time by `lowbit.qgemm` and `norm_triton.layer_norm` (bench/residual_norm.py times it).
-PDL = False
 
 
 @triton.jit
@@ -85,8 +79,9 @@ def epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS: tl.constexp
 
 @triton.jit
 def load_residual(rows, cols, M, N, res_ptr, stats_ptr, RESIDUAL: tl.constexpr):
-    """The residual tile [rows, cols] (and for RESIDUAL 2 its rows' mean and 1 / std): loaded
-    before the tile's matrix products where the caller wants them in flight meanwhile."""
+    """The residual tile [rows, cols] (and for RESIDUAL 2 its rows' mean and 1 / std). Loaded after
+    the tile's products: loading it before them (in flight meanwhile) was 1-4 us slower per BERT
+    layer (bench/results/residual_norm-2026-11-27-h100-options.json)."""
     live = (rows < M)[:, None] & (cols < N)[None, :]
     r = tl.load(res_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], mask=live, other=0.0)
     mean = tl.zeros_like(rows).to(tl.float32)
@@ -256,43 +251,35 @@ def tile_sums(a_desc, b_desc, off_m, off_n, K, IS_INT8: tl.constexpr, BLOCK_M: t
 @triton.jit
 def _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, M, N, K,
               out_scale, IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, OUT_Q: tl.constexpr,
-              FAST: tl.constexpr, RESIDUAL: tl.constexpr, RESIDUAL_FIRST: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+              FAST: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = tile_of(tile_id, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
     rows, cols = off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N)
-    if RESIDUAL_FIRST:  # (only with a residual) its loads in flight during the products
-        r, mean, rstd = load_residual(rows, cols, M, N, res_ptr, stats_ptr, RESIDUAL)
     acc = tile_sums(a_desc, b_desc, off_m, off_n, K, IS_INT8, BLOCK_M, BLOCK_N, BLOCK_K)
     out = epilogue(acc, cols, N, scale_ptr, bias_ptr, out_scale, HAS_BIAS, ACT, OUT_Q, FAST, c_desc.dtype)
     if RESIDUAL != 0:
-        if RESIDUAL_FIRST == 0:
-            r, mean, rstd = load_residual(rows, cols, M, N, res_ptr, stats_ptr, RESIDUAL)
+        r, mean, rstd = load_residual(rows, cols, M, N, res_ptr, stats_ptr, RESIDUAL)
         out = add_residual(out, r, mean, rstd, cols, N, gamma_ptr, beta_ptr, RESIDUAL)
     c_desc.store([off_m, off_n], out)
 
 
-@triton.autotune(configs=tma_configs, key=["M_BUCKET", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST", "RESIDUAL",
-                                           "RESIDUAL_FIRST"],
+@triton.autotune(configs=tma_configs, key=["M_BUCKET", "N", "K", "IS_INT8", "ACT", "OUT_Q", "FAST", "RESIDUAL"],
                  prune_configs_by={"early_config_prune": few_gemm_configs})
 @triton.jit
 def qgemm_tma_kernel(a_desc, b_desc, c_desc, scale_ptr, bias_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, M, N, K,
                      out_scale, IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-                     OUT_Q: tl.constexpr, FAST: tl.constexpr, RESIDUAL: tl.constexpr, RESIDUAL_FIRST: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     OUT_Q: tl.constexpr, FAST: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr, PERSISTENT: tl.constexpr, NUM_SMS: tl.constexpr, M_BUCKET=1):
     """`qgemm_kernel` with the tiles moved by the TMA copy engine (descriptor loads and store; out of
     range rows and columns are zero-filled on load and dropped on store): one program per tile, or
     with PERSISTENT one per SM (NUM_SMS programs) taking every NUM_SMS-th tile."""
-    gdc_wait()  # (no-op unless launched with programmatic dependent launch: `PDL`)
-    gdc_launch_dependents()
     if PERSISTENT:
         num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
             _tma_tile(tile_id, a_desc, b_desc, c_desc, scale_ptr, bias_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr, M,
-                      N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q, FAST, RESIDUAL, RESIDUAL_FIRST, BLOCK_M, BLOCK_N,
-                      BLOCK_K, GROUP_M)
+                      N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q, FAST, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     else:
         _tma_tile(tl.program_id(0), a_desc, b_desc, c_desc, scale_ptr, bias_ptr, res_ptr, stats_ptr, gamma_ptr, beta_ptr,
-                  M, N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q, FAST, RESIDUAL, RESIDUAL_FIRST, BLOCK_M, BLOCK_N,
-                      BLOCK_K, GROUP_M)
+                  M, N, K, out_scale, IS_INT8, HAS_BIAS, ACT, OUT_Q, FAST, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
