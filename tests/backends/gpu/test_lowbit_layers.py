@@ -481,7 +481,7 @@ def test_the_residual_epilogue_gives_the_values_of_the_separate_gemm_and_layer_n
         y_prev, _ = layer_norm(s, gamma, beta, 1e-12, quant=(0.05, dtype))
         stats, copy = layer_norm(s, gamma, beta, 1e-12, quant=(0.05, dtype), stats_only=True)
         # (the two compiled variants may contract the fp32 arithmetic differently: a code one step off, rarely)
-        assert stats.shape == (m, 2) and (copy.float() != _.float()).float().mean() < 1e-5
+        assert stats.shape == (m, 2) and (copy.float() != _.float()).float().mean() < 1e-4
         plain = lowbit.qgemm(x_q, w_q, col, bias, None, torch.float16, tma=use_tma)
         want = plain + y_prev
         got_add = lowbit.qgemm(x_q, w_q, col, bias, None, torch.float16, tma=use_tma, residual=(y_prev,))
@@ -492,7 +492,8 @@ def test_the_residual_epilogue_gives_the_values_of_the_separate_gemm_and_layer_n
         torch.testing.assert_close(got_norm, want, rtol=1e-3, atol=1e-3)
         reference_out = lowbit.qgemm_reference(x_q.cpu(), w_q.cpu(), col.cpu(), bias.cpu(), None, torch.float16,
                                                residual=(s.cpu(), stats.cpu(), gamma.cpu(), beta.cpu()))
-        # (fp8 sums in fp32 may round the GEMM's fp16 output one step (up to 2^-8 here) the other way
-        # before the residual is added; int8 sums are exact)
-        close = (got_norm.cpu().float() - reference_out.float()).abs() <= 1e-2
-        assert close.all() and (got_norm.cpu() != reference_out).float().mean() < 1e-2
+        # fp32 sums (fp8) or the fp32 scale may round the GEMM's fp16 output, and the recomputed norm
+        # output, one fp16 step the other way before the two are added: within 2^-9 of their sizes
+        size = (plain.abs().float() + y_prev.abs().float()).cpu()
+        diff = (got_norm.cpu().float() - reference_out.float()).abs()
+        assert (diff <= size * 2.0 ** -9 + 1e-3).all() and (diff > 0).float().mean() < 1e-2
