@@ -25,6 +25,7 @@ says why and how far that is from the exact form); `fast=False` keeps IEEE divis
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -124,13 +125,15 @@ def _quantize_pass(x: torch.Tensor, scale: float, dtype: torch.dtype, out_dtype:
 
 def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None,
           act: str | None, out_dtype: torch.dtype, out_scale: float | None = None, fast: bool = True,
-          tma: bool | None = None, residual: tuple | None = None) -> torch.Tensor:
+          tma: bool | None = None, residual: tuple | None = None, async_int8: bool = True) -> torch.Tensor:
     """act(x_q @ w_q^T * col_scale + bias), cast to `out_dtype` or quantized with `out_scale`
     (then `out_dtype` is int8 or fp8). x_q [..., K] and w_q [N, K] both int8 or both fp8 (or
     both fp16/bf16: the fp16 engine's linear + GELU, fp32 sums; CUDA only). `tma`: the kernel
     whose tiles the TMA copy engine moves (None: wherever `tma_ok`; it was the faster kernel on
     every BERT layer measured). `residual`: (z,) or (x, stats, gamma, beta), added in the
-    epilogue (`residual_value`; float outputs only), each of the output's shape (stats [..., 2])."""
+    epilogue (`residual_value`; float outputs only), each of the output's shape (stats [..., 2]).
+    `async_int8`: int8 with the fast epilogue on Hopper may run the Gluon kernel whose tensor-core
+    products overlap (`lowbit_gluon`; `_int8_kernel` times it against the Triton one per shape)."""
     if residual is not None and out_scale is not None:
         raise ValueError("a residual add needs a float output, not a quantized one")
     if x_q.device.type != "cuda":
@@ -155,13 +158,49 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
         desc = kernels["descriptor"].from_tensor  # block shapes are set per config (pre_hook)
         sms = _multiprocessors(a.device)
         tma_grid = lambda meta: (min(sms, grid(meta)[0]) if meta["PERSISTENT"] else grid(meta)[0],)  # noqa: E731
-        kernels["qgemm_tma"][tma_grid](desc(a, [1, 1]), desc(w_q.contiguous(), [1, 1]), desc(out, [1, 1]), col_scale,
-                                       bias_arg, *res_args, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=_bucket(m),
-                                       **flags)
+        w_c = w_q.contiguous()
+
+        def run_triton():
+            kernels["qgemm_tma"][tma_grid](desc(a, [1, 1]), desc(w_c, [1, 1]), desc(out, [1, 1]), col_scale, bias_arg,
+                                           *res_args, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=_bucket(m), **flags)
+
+        if flags["IS_INT8"] and fast and async_int8:
+            from trimtab.backends.gpu.lowbit_gluon import qgemm_async
+
+            gluon_flags = {key: flags[key] for key in ("HAS_BIAS", "ACT", "OUT_Q", "RESIDUAL")}
+            run_gluon = lambda: qgemm_async(a, w_c, out, col_scale, bias_arg, res_args, scale_out,  # noqa: E731
+                                            gluon_flags, _bucket(m))
+            key = (_bucket(m), n, k, str(out_dtype), *gluon_flags.values())
+            {"gluon": run_gluon, "triton": run_triton}[_int8_kernel(key, run_triton, run_gluon)]()
+        else:
+            run_triton()
     else:
         kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, *res_args, m, n, k, a.stride(0), w_q.stride(0),
                                out.stride(0), scale_out, M_BUCKET=_bucket(m), **flags)
     return out.reshape(*lead, n)
+
+
+_INT8_KERNELS: dict[tuple, str] = {}
+
+
+def _int8_kernel(key: tuple, run_triton, run_gluon) -> str:
+    """"gluon" or "triton" for an int8 GEMM of this shape class and epilogue: the faster of the two,
+    timed once (each autotuned on its first call). With TRIMTAB_QUICK_TUNE=1 (the test suite) the
+    Gluon kernel, untimed; while a CUDA graph is being captured nothing can be timed: the Triton
+    kernel, not remembered."""
+    if key in _INT8_KERNELS:
+        return _INT8_KERNELS[key]
+    if torch.cuda.is_current_stream_capturing():
+        return "triton"
+    if os.environ.get("TRIMTAB_QUICK_TUNE") == "1":
+        _INT8_KERNELS[key] = "gluon"
+        return "gluon"
+    import triton.testing
+
+    ms = {name: triton.testing.do_bench(run, warmup=5, rep=20) for name, run in (("triton", run_triton),
+                                                                                ("gluon", run_gluon))}
+    _INT8_KERNELS[key] = min(ms, key=ms.get)
+    return _INT8_KERNELS[key]
 
 
 def _residual_args(residual: tuple | None, placeholder: torch.Tensor) -> list[torch.Tensor]:
