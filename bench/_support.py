@@ -104,3 +104,21 @@ def cuda_graph_interleaved(variants: dict, rounds: int, iters: int) -> dict[str,
         for name, graph in graphs.items():
             samples[name].append(cuda_time_ms(graph.replay, 1) / iters)
     return {name: float(statistics.median(v)) for name, v in samples.items()}
+
+
+def report_us(name: str, times: dict[str, float], checks: dict[str, str], out) -> None:
+    """Print the environment, the checks and a table of microseconds per variant; with `out` (a
+    folder) also save them as `name`.json there."""
+    import json
+
+    env = gpu_environment()
+    rows = [(variant, round(ms * 1000, 1)) for variant, ms in times.items()]
+    print(json.dumps(env))
+    for key, value in checks.items():
+        print(f"check {key}: {value}")
+    print(f"{'variant':48} {'us':>8}")
+    for variant, us in rows:
+        print(f"{variant:48} {us:8.1f}")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows, "checks": checks}, indent=1))

@@ -25,12 +25,11 @@ Run: PYTHONPATH=src:bench python bench/residual_norm.py [--out DIR]
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from _support import cuda_graph_interleaved, gpu_environment
+from _support import cuda_graph_interleaved, report_us
 from trimtab.backends.gpu import lowbit
 from trimtab.backends.gpu.norm_triton import layer_norm
 
@@ -103,19 +102,7 @@ def main() -> None:
                 for part, fn in parts(o).items():
                     variants[f"{element_name} {layer}: {part}"] = fn
         times = cuda_graph_interleaved(variants, rounds=9, iters=20)
-    env = gpu_environment()
-    rows = [(name, round(ms * 1000, 1)) for name, ms in times.items()]
-    print(json.dumps(env))
-    for key, value in checks.items():
-        print(f"check {key}: {value}")
-    print(f"{'variant':48} {'us':>8}")
-    for name, us in rows:
-        print(f"{name:48} {us:8.1f}")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "residual_norm.json").write_text(json.dumps({"environment": env, "rows": rows, "checks": checks},
-                                                                indent=1))
-
+    report_us("residual_norm", times, checks, args.out)
 
 if __name__ == "__main__":
     main()
