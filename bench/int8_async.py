@@ -1,6 +1,7 @@
 """BERT-base's int8 GEMMs: the Triton kernel (its products waited for at every K step) against the
-Gluon kernel that keeps one in flight (`lowbit_gluon`), with fp8 through the Triton kernel (whose
-products Triton already overlaps) for reference. One GPU run.
+warp-specialized Gluon kernel (`lowbit_gluon`: products kept in flight, two warpgroups overlapping
+one's epilogue with the other's products), with fp8 through the Triton kernel (whose products
+Triton already overlaps) for reference. One GPU run.
 
 Layers at batch 128 x 128 tokens, each with the epilogue the engine gives it: Q/K/V 768 -> 2304
 (fp16 out; the engine fuses it with the attention, so it runs alone only where that loses), the
@@ -102,7 +103,7 @@ def main() -> None:
             triton_run, gluon_run = forced(o8, act, eight_bit, "triton"), forced(o8, act, eight_bit, "gluon")
             checks[layer] = compare(gluon_run(), triton_run())
             variants[f"{layer}: int8 Triton"] = triton_run
-            variants[f"{layer}: int8 Gluon (async)"] = gluon_run
+            variants[f"{layer}: int8 Gluon ping-pong"] = gluon_run
             variants[f"{layer}: fp8 Triton"] = lambda of=of, act=act, eight_bit=eight_bit: gemm(of, act, eight_bit, True)
         times = cuda_graph_interleaved(variants, rounds=9, iters=20)
     report_us("int8_async", times, checks, args.out)

@@ -502,7 +502,7 @@ def test_the_residual_epilogue_gives_the_values_of_the_separate_gemm_and_layer_n
 @pytest.mark.parametrize("act,out_q,residual", [(None, False, 0), ("gelu", True, 0), ("relu", False, 0),
                                                 (None, False, 1), (None, False, 2)])
 def test_the_async_int8_kernel_gives_the_triton_kernels_values(act, out_q, residual):
-    """The Gluon int8 GEMM (`lowbit_gluon`, products kept in flight) against the Triton one, same
+    """The Gluon int8 GEMM (`lowbit_gluon`, warp-specialized ping-pong) against the Triton one, same
     operands and epilogue, with rows and columns that end mid-tile: the same int32 sums and fp32
     epilogue, so the same outputs but for an fp32 contraction the compilers may place differently."""
     from trimtab.backends.gpu import lowbit
@@ -534,3 +534,54 @@ def test_the_async_int8_kernel_gives_the_triton_kernels_values(act, out_q, resid
         else:
             torch.testing.assert_close(outs[True], outs[False], rtol=1e-3, atol=1e-3)
             assert (outs[True] != outs[False]).float().mean() < 1e-3
+
+
+@needs_cuda
+@pytest.mark.parametrize("residual", [0, 2])
+def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeypatch):
+    """Each tile config of the ping-pong kernel (ring depth, tile width), launched directly, on
+    shapes where a program takes one tile, an odd number of tiles (the second warpgroup idles at
+    the end) or many, and where K and the last tile end mid-block: the Triton kernel's outputs."""
+    import triton
+
+    from trimtab.backends.gpu import lowbit, lowbit_gluon
+    from trimtab.backends.gpu.norm_triton import layer_norm
+
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the ping-pong kernel is for Hopper")
+    torch.manual_seed(0)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for m, n, k in [(100, 64, 208), (3 * 128 * sms + 40, 192, 784), (2000, 768, 3072)]:
+        a = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
+        w = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+        col, bias = torch.rand(n, device="cuda") * 2e-5, torch.randn(n, device="cuda").half()
+        res = None
+        if residual:
+            z = (torch.randn(m, n, device="cuda") * 3).half()
+            gamma, beta = (torch.rand(n, device="cuda") + 0.5).half(), torch.randn(n, device="cuda").half()
+            stats, _ = layer_norm(z, gamma, beta, 1e-12, quant=(0.05, torch.int8), stats_only=True)
+            res = (z, stats, gamma, beta)
+        act, out_dtype, out_scale = (None, torch.float16, 1.0) if residual else ("gelu", torch.int8, 0.05)
+        want = lowbit.qgemm(a, w, col, bias, act, out_dtype, None if residual else out_scale, tma=True, residual=res,
+                            async_int8=False)
+        res_args = lowbit._residual_args(res, col)
+        flags = dict(HAS_BIAS=True, ACT=lowbit.ACTS[act], OUT_Q=0 if residual else 1, RESIDUAL=residual)
+        out = torch.empty_like(want)
+        descs = {"a_desc": lowbit_gluon.descriptor(a), "b_desc": lowbit_gluon.descriptor(w),
+                 "c_desc": lowbit_gluon.descriptor(out), "r_desc": lowbit_gluon.descriptor(res_args[0] if res else out)}
+        kernel = lowbit_gluon.qgemm_pingpong_kernel
+        monkeypatch.delenv("TRIMTAB_QUICK_TUNE", raising=False)  # every config, not the quick first one
+        configs = lowbit_gluon._fitting(kernel.configs, descs, **flags)
+        assert len(configs) >= 3
+        for config in configs:
+            meta = dict(config.kwargs)
+            lowbit_gluon._blocks({**descs, **meta})
+            tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+            out.zero_()
+            kernel.fn[(min(sms, tiles),)](*descs.values(), col, bias, *res_args[1:], m, n, k, out_scale, **flags, **meta,
+                                          num_warps=config.num_warps, maxnreg=config.maxnreg)
+            if residual:
+                torch.testing.assert_close(out, want, rtol=1e-3, atol=1e-3)
+                assert (out != want).float().mean() < 1e-3, meta
+            else:
+                assert (out.int() - want.int()).abs().max() <= 1 and (out != want).float().mean() < 1e-4, meta

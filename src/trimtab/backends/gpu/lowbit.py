@@ -132,8 +132,9 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     whose tiles the TMA copy engine moves (None: wherever `tma_ok`; it was the faster kernel on
     every BERT layer measured). `residual`: (z,) or (x, stats, gamma, beta), added in the
     epilogue (`residual_value`; float outputs only), each of the output's shape (stats [..., 2]).
-    `async_int8`: int8 with the fast epilogue on Hopper may run the Gluon kernel whose tensor-core
-    products overlap (`lowbit_gluon`; `_int8_kernel` times it against the Triton one per shape)."""
+    `async_int8`: int8 with the fast epilogue on Hopper may run the warp-specialized Gluon kernel
+    whose tensor-core products overlap each other and the epilogues (`lowbit_gluon`; `_int8_kernel`
+    times it against the Triton one per shape)."""
     if residual is not None and out_scale is not None:
         raise ValueError("a residual add needs a float output, not a quantized one")
     if x_q.device.type != "cuda":
@@ -164,12 +165,12 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
             kernels["qgemm_tma"][tma_grid](desc(a, [1, 1]), desc(w_c, [1, 1]), desc(out, [1, 1]), col_scale, bias_arg,
                                            *res_args, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=_bucket(m), **flags)
 
-        if flags["IS_INT8"] and fast and async_int8:
-            from trimtab.backends.gpu.lowbit_gluon import qgemm_async
+        if flags["IS_INT8"] and fast and async_int8 and torch.cuda.get_device_capability(a.device)[0] == 9:
+            from trimtab.backends.gpu.lowbit_gluon import qgemm_pingpong
 
             gluon_flags = {key: flags[key] for key in ("HAS_BIAS", "ACT", "OUT_Q", "RESIDUAL")}
-            run_gluon = lambda: qgemm_async(a, w_c, out, col_scale, bias_arg, res_args, scale_out,  # noqa: E731
-                                            gluon_flags, _bucket(m))
+            run_gluon = lambda: qgemm_pingpong(a, w_c, out, col_scale, bias_arg, res_args, scale_out,  # noqa: E731
+                                               gluon_flags, _bucket(m), sms)
             key = (_bucket(m), n, k, str(out_dtype), *gluon_flags.values())
             {"gluon": run_gluon, "triton": run_triton}[_int8_kernel(key, run_triton, run_gluon)]()
         else:
@@ -185,9 +186,9 @@ _INT8_KERNELS: dict[tuple, str] = {}
 
 def _int8_kernel(key: tuple, run_triton, run_gluon) -> str:
     """"gluon" or "triton" for an int8 GEMM of this shape class and epilogue: the faster of the two,
-    timed once (each autotuned on its first call). With TRIMTAB_QUICK_TUNE=1 (the test suite) the
-    Gluon kernel, untimed; while a CUDA graph is being captured nothing can be timed: the Triton
-    kernel, not remembered."""
+    timed once (each autotuned on its first call; `fused._fastest`). With TRIMTAB_QUICK_TUNE=1 (the
+    test suite) the Gluon kernel, untimed; while a CUDA graph is being captured nothing can be
+    timed: the Triton kernel, not remembered."""
     if key in _INT8_KERNELS:
         return _INT8_KERNELS[key]
     if torch.cuda.is_current_stream_capturing():
@@ -195,11 +196,11 @@ def _int8_kernel(key: tuple, run_triton, run_gluon) -> str:
     if os.environ.get("TRIMTAB_QUICK_TUNE") == "1":
         _INT8_KERNELS[key] = "gluon"
         return "gluon"
-    import triton.testing
+    from trimtab.backends.gpu.fused import _fastest  # (fused imports this module)
 
-    ms = {name: triton.testing.do_bench(run, warmup=5, rep=20) for name, run in (("triton", run_triton),
-                                                                                ("gluon", run_gluon))}
-    _INT8_KERNELS[key] = min(ms, key=ms.get)
+    # timed as CUDA graphs, the GPU work alone: a plainly timed call also times the Python launch,
+    # which for these kernels (four TMA descriptors built per call) is as long as the GEMM
+    _INT8_KERNELS[key] = _fastest({"triton": run_triton, "gluon": run_gluon}, (), {})
     return _INT8_KERNELS[key]
 
 
