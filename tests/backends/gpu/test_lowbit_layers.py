@@ -539,10 +539,9 @@ def test_the_async_int8_kernel_gives_the_triton_kernels_values(act, out_q, resid
 @needs_cuda
 @pytest.mark.parametrize("residual", [0, 2])
 def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeypatch):
-    """Each tile config of the ping-pong kernel (ring depth, tile width, B panel or not), launched
-    directly, on shapes where a program takes one tile, an odd number of tiles (the second
-    warpgroup idles at the end) or many, spanning two B column blocks or one, and where K and the
-    last tile end mid-block: the Triton kernel's outputs."""
+    """Each tile config of the ping-pong kernel (ring depth, tile width), launched directly, on
+    shapes where a program takes one tile, an odd number of tiles (the second warpgroup idles at
+    the end) or many, and where K and the last tile end mid-block: the Triton kernel's outputs."""
     import triton
 
     from trimtab.backends.gpu import lowbit, lowbit_gluon
@@ -552,7 +551,7 @@ def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeyp
         pytest.skip("the ping-pong kernel is for Hopper")
     torch.manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for m, n, k in [(100, 64, 208), (3 * 128 * sms + 40, 192, 720), (2000, 768, 3072)]:
+    for m, n, k in [(100, 64, 208), (3 * 128 * sms + 40, 192, 784), (2000, 768, 3072)]:
         a = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
         w = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
         col, bias = torch.rand(n, device="cuda") * 2e-5, torch.randn(n, device="cuda").half()
@@ -572,8 +571,8 @@ def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeyp
                  "c_desc": lowbit_gluon.descriptor(out), "r_desc": lowbit_gluon.descriptor(res_args[0] if res else out)}
         kernel = lowbit_gluon.qgemm_pingpong_kernel
         monkeypatch.delenv("TRIMTAB_QUICK_TUNE", raising=False)  # every config, not the quick first one
-        configs = lowbit_gluon._fitting(kernel.configs, {**descs, "K": k}, **flags)
-        assert len(configs) >= 3 and (k != 720 or any(c.kwargs["PANEL"] for c in configs))
+        configs = lowbit_gluon._fitting(kernel.configs, descs, **flags)
+        assert len(configs) >= 3
         for config in configs:
             meta = dict(config.kwargs)
             lowbit_gluon._blocks({**descs, **meta})

@@ -90,78 +90,54 @@ SM_SHARED_BYTES = 227 * 1024  # the most one program may have on Hopper
 
 
 def _fitting(configs, named_args, **kwargs):
-    """The configs whose buffers fit in shared memory (the operand ring or the A ring and the B
-    panel, and for each warpgroup an output tile and a residual tile), whose B panel, if any, is
-    K's steps exactly, and, with a residual, whose epilogue fits in a warpgroup's registers: 128-wide tiles
-    spill there (ptxas: 2 KB at 232 registers a thread), 64-wide ones do not. With
-    TRIMTAB_QUICK_TUNE=1 (the test suite) only the first that fits."""
+    """The configs whose buffers fit in shared memory (the operand ring, and for each warpgroup an
+    output tile and a residual tile) and, with a residual, whose epilogue fits in a warpgroup's
+    registers: 128-wide tiles spill there (ptxas: 2 KB at 232 registers a thread), 64-wide ones do
+    not. With TRIMTAB_QUICK_TUNE=1 (the test suite) only the first that fits."""
     residual = kwargs.get("RESIDUAL", named_args.get("RESIDUAL"))
     tile_bytes = named_args["c_desc"].base.element_size() + (named_args["r_desc"].base.element_size() if residual else 0)
-    k = named_args["K"]
     fitting = []
     for config in configs:
         c = config.kwargs
-        bm, bn, bk, panel = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["PANEL"]
-        operands = c["STAGES"] * bm * bk + (panel or c["STAGES"]) * bn * bk
-        fits = operands + 2 * bm * bn * tile_bytes + 256 <= SM_SHARED_BYTES
-        if fits and not (residual and bn > 64) and (not panel or -(-k // bk) == panel):
+        ring = c["STAGES"] * (c["BLOCK_M"] + c["BLOCK_N"]) * c["BLOCK_K"]
+        if ring + 2 * c["BLOCK_M"] * c["BLOCK_N"] * tile_bytes + 256 <= SM_SHARED_BYTES and not (
+                residual and c["BLOCK_N"] > 64):
             fitting.append(config)
     return fitting[:1] if os.environ.get("TRIMTAB_QUICK_TUNE") == "1" else fitting
 
 
 @gluon.jit
-def _schedule(M, N, K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, PANEL: gl.constexpr):
-    """(num_m, num_n, program, programs, K steps a tile, this program's tile count). Without PANEL
-    program p takes tiles p, p + programs, ...; with PANEL a run of consecutive tiles in column-block
-    order (`_tile_origin`), so that its tiles share a few B column blocks."""
-    num_m, num_n = gl.cdiv(M, BLOCK_M), gl.cdiv(N, BLOCK_N)
-    first, programs = gl.program_id(0), gl.num_programs(0)
-    tiles = gl.cdiv(num_m * num_n - first, programs)
-    if PANEL:
-        run = gl.cdiv(num_m * num_n, programs)
-        tiles = gl.maximum(gl.minimum(run, num_m * num_n - first * run), 0)
-    return num_m, num_n, first, programs, gl.cdiv(K, BLOCK_K), tiles
-
-
-@gluon.jit
-def _tile_origin(j, first, programs, num_m, num_n, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PANEL: gl.constexpr):
-    """The top-left element of this program's j-th tile. Without PANEL: tile first + j * programs
-    in grouped order (lowbit_triton.tile_of, 8 row blocks a group): neighbouring programs share A
-    rows in L2. With PANEL: tile first * run + j, counted down each column block in turn."""
-    if PANEL:
-        tile = first * gl.cdiv(num_m * num_n, programs) + j
-        return (tile % num_m) * BLOCK_M, (tile // num_m) * BLOCK_N
+def _tile_origin(j, first, programs, num_m, num_n, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                 GROUP_M: gl.constexpr):
+    """The top-left element of this program's j-th tile (tiles first, first + programs, ...), in
+    grouped order (lowbit_triton.tile_of): neighbouring tiles share A rows in L2."""
     tile = first + j * programs
-    width = 8 * num_n
-    first_m = (tile // width) * 8
-    size_m = gl.minimum(num_m - first_m, 8)
+    width = GROUP_M * num_n
+    first_m = (tile // width) * GROUP_M
+    size_m = gl.minimum(num_m - first_m, GROUP_M)
     return (first_m + (tile % width) % size_m) * BLOCK_M, ((tile % width) // size_m) * BLOCK_N
 
 
 @gluon.jit
+def _schedule(M, N, K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr):
+    """(num_m, num_n, first tile, programs, K steps a tile, this program's tile count)."""
+    num_m, num_n = gl.cdiv(M, BLOCK_M), gl.cdiv(N, BLOCK_N)
+    first, programs = gl.program_id(0), gl.num_programs(0)
+    return num_m, num_n, first, programs, gl.cdiv(K, BLOCK_K), gl.cdiv(num_m * num_n - first, programs)
+
+
+@gluon.jit
 def _loader(descs, bufs, bars, M, N, K, RESIDUAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-            BLOCK_K: gl.constexpr, STAGES: gl.constexpr, PANEL: gl.constexpr):
+               BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
     """One warp: the TMA loads of every K step of this program's tiles, in order, into the ring
-    (a slot is refilled once the warpgroup that read it frees it), and each tile's residual into
-    its warpgroup's buffer. With PANEL the ring holds A alone, and B's [BLOCK_N, K] column block
-    is loaded once into the panel for all the consecutive tiles that use it."""
+    (slot freed by the warpgroup that read it), and each tile's residual into its warpgroup's buffer."""
     a_desc, b_desc, c_desc, r_desc = descs
     a_bufs, b_bufs, c_bufs, r_bufs = bufs
-    ready, empty, r_ready, r_empty, done, b_ready, b_empty = bars
-    num_m, num_n, first, programs, k_tiles, tiles = _schedule(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, PANEL)
-    step_bytes: gl.constexpr = a_desc.block_type.nbytes + (0 if PANEL else b_desc.block_type.nbytes)
-    panel_n = -1
-    panels = 0
+    ready, empty, r_ready, r_empty, done = bars
+    num_m, num_n, first, programs, k_tiles, tiles = _schedule(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K)
+    step_bytes: gl.constexpr = a_desc.block_type.nbytes + b_desc.block_type.nbytes
     for j in range(tiles):
-        off_m, off_n = _tile_origin(j, first, programs, num_m, num_n, BLOCK_M, BLOCK_N, PANEL)
-        if PANEL:
-            if off_n != panel_n:  # a new column block: once the last tile of the one before is done
-                mbarrier.wait(b_empty.index(0), (panels & 1) ^ 1)
-                mbarrier.expect(b_ready.index(0), PANEL * b_desc.block_type.nbytes)
-                for ki in gl.static_range(PANEL):  # (PANEL is K's step count: `_fitting`)
-                    tma.async_copy_global_to_shared(b_desc, [off_n, ki * BLOCK_K], b_ready.index(0), b_bufs.index(ki))
-                panel_n = off_n
-                panels += 1
+        off_m, off_n = _tile_origin(j, first, programs, num_m, num_n, BLOCK_M, BLOCK_N, 8)
         if RESIDUAL != 0:
             mbarrier.wait(r_empty.index(j % 2), ((j // 2) & 1) ^ 1)
             mbarrier.expect(r_ready.index(j % 2), r_desc.block_type.nbytes)
@@ -172,52 +148,40 @@ def _loader(descs, bufs, bars, M, N, K, RESIDUAL: gl.constexpr, BLOCK_M: gl.cons
             mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
             mbarrier.expect(ready.index(s), step_bytes)
             tma.async_copy_global_to_shared(a_desc, [off_m, ki * BLOCK_K], ready.index(s), a_bufs.index(s))
-            if not PANEL:
-                tma.async_copy_global_to_shared(b_desc, [off_n, ki * BLOCK_K], ready.index(s), b_bufs.index(s))
+            tma.async_copy_global_to_shared(b_desc, [off_n, ki * BLOCK_K], ready.index(s), b_bufs.index(s))
 
 
 @gluon.jit
 def _math(WHICH: gl.constexpr, descs, bufs, bars, scale_ptr, bias_ptr, stats_ptr, gamma_ptr, beta_ptr, M, N, K,
-          out_scale, HAS_BIAS: gl.constexpr, ACT: gl.constexpr, OUT_Q: gl.constexpr, RESIDUAL: gl.constexpr,
-          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-          PANEL: gl.constexpr):
+             out_scale, HAS_BIAS: gl.constexpr, ACT: gl.constexpr, OUT_Q: gl.constexpr, RESIDUAL: gl.constexpr,
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
     """One warpgroup: the products and epilogue of this program's tiles WHICH, WHICH + 2, ... While
     it runs an epilogue the other warpgroup's products keep the tensor cores busy."""
     a_desc, b_desc, c_desc, r_desc = descs
     a_bufs, b_bufs, c_bufs, r_bufs = bufs
-    ready, empty, r_ready, r_empty, done, b_ready, b_empty = bars
-    num_m, num_n, first, programs, k_tiles, tiles = _schedule(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, PANEL)
+    ready, empty, r_ready, r_empty, done = bars
+    num_m, num_n, first, programs, k_tiles, tiles = _schedule(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K)
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                      instr_shape=[16, _instr_n(BLOCK_N), 32])
     c_smem = c_bufs.index(WHICH)
-    first_n = _tile_origin(0, first, programs, num_m, num_n, BLOCK_M, BLOCK_N, PANEL)[1]
     for j in range(WHICH, tiles, 2):
-        off_m, off_n = _tile_origin(j, first, programs, num_m, num_n, BLOCK_M, BLOCK_N, PANEL)
         acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=layout)
         # the tiles' products run in tile order: the other warpgroup has issued those of tile j - 1.
-        # (Then no barrier this waits on is two phases ahead of the one it waits for.)
+        # (Then a ring slot's barrier is never two fills ahead of the step that waits on it.)
         mbarrier.wait(done.index(1 - WHICH), ((j - 1) // 2) & 1, pred=j > 0)
-        if PANEL:  # the B column block of this tile (the program's (off_n - first_n) / BLOCK_N-th)
-            mbarrier.wait(b_ready.index(0), ((off_n - first_n) // BLOCK_N) & 1)
         for ki in range(k_tiles):
             step = j * k_tiles + ki
             s = step % STAGES
             mbarrier.wait(ready.index(s), (step // STAGES) & 1)
-            if PANEL:
-                b = b_bufs.index(ki)
-            else:
-                b = b_bufs.index(s)
-            acc = warpgroup_mma(a_bufs.index(s), b.permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             # the step before's product is done: its slot can be refilled
             mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=ki > 0)
         mbarrier.arrive(done.index(WHICH), count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index((j * k_tiles + k_tiles - 1) % STAGES), count=1)
-        if PANEL:  # the last tile of its column block: the loader may load the next block
-            next_n = _tile_origin(j + 1, first, programs, num_m, num_n, BLOCK_M, BLOCK_N, PANEL)[1]
-            mbarrier.arrive(b_empty.index(0), count=1, pred=(j + 1 == tiles) | (next_n != off_n))
 
+        off_m, off_n = _tile_origin(j, first, programs, num_m, num_n, BLOCK_M, BLOCK_N, 8)
         rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
         cols = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
         r = acc  # placeholders where there is no residual
@@ -240,31 +204,26 @@ def _math(WHICH: gl.constexpr, descs, bufs, bars, scale_ptr, bias_ptr, stats_ptr
     tma.store_wait(pendings=0)
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PANEL) of each warpgroup's tiles, autotuned per layer shape.
-# PANEL k > 0: B's column block (K in k steps of BLOCK_K) stays in shared memory across the
-# program's consecutive tiles, and only A streams through the ring of STAGES buffers: half the
-# operand traffic from L2 of a ring carrying both, for layers whose K is small enough (BERT's 768).
-TILES = [(128, 128, 128, 4, 0), (128, 64, 128, 6, 0), (128, 128, 128, 3, 0), (128, 128, 64, 6, 0),
-         (128, 64, 128, 4, 0), (128, 64, 64, 8, 0),
-         (128, 128, 128, 4, 6), (128, 128, 64, 6, 12), (128, 64, 128, 4, 6), (128, 64, 128, 6, 6)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, STAGES) of each warpgroup's tiles, autotuned per layer shape
+TILES = [(128, 128, 128, 4), (128, 64, 128, 6), (128, 128, 128, 3), (128, 128, 64, 6), (128, 64, 128, 4),
+         (128, 64, 64, 8)]
 
 
-@triton.autotune(configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": s, "PANEL": panel},
-                                        num_warps=4, maxnreg=168, pre_hook=_blocks) for bm, bn, bk, s, panel in TILES],
+@triton.autotune(configs=[triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "STAGES": s},
+                                        num_warps=4, maxnreg=168, pre_hook=_blocks) for bm, bn, bk, s in TILES],
                  key=["M_BUCKET", "N", "K", "ACT", "OUT_Q", "RESIDUAL"], prune_configs_by={"early_config_prune": _fitting})
 @gluon.jit
 def qgemm_pingpong_kernel(a_desc, b_desc, c_desc, r_desc, scale_ptr, bias_ptr, stats_ptr, gamma_ptr, beta_ptr, M, N,
                           K, out_scale, HAS_BIAS: gl.constexpr, ACT: gl.constexpr, OUT_Q: gl.constexpr,
                           RESIDUAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-                          STAGES: gl.constexpr, PANEL: gl.constexpr, num_warps: gl.constexpr, M_BUCKET=1):
+                          STAGES: gl.constexpr, num_warps: gl.constexpr, M_BUCKET=1):
     """act(A @ B^T * scale + bias) [+ residual] in [BLOCK_M, BLOCK_N] output tiles: A [M, K] and
     B [N, K] int8 through TMA descriptors (block shapes set per config: `_blocks`), int32 sums.
-    Program p takes its tiles (`_schedule`); its loader warp (`_loader`) fills a ring of STAGES
-    operand buffers (with PANEL: A buffers, and B's column block once per block), and its two math
-    warpgroups (`_math`) take the tiles in turn, each with its own output tile (stored by TMA) and
-    residual tile (loaded by TMA) in shared memory."""
+    Program p takes tiles p, p + programs, ...; its loader warp (`_loader`) fills a ring of STAGES
+    operand buffers, and its two math warpgroups (`_math`) take the tiles in turn, each with its own
+    output tile (stored by TMA) and residual tile (loaded by TMA) in shared memory."""
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [PANEL if PANEL else STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
+    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], b_desc.layout)
     c_bufs = gl.allocate_shared_memory(c_desc.dtype, [2, BLOCK_M, BLOCK_N], c_desc.layout)
     r_shape: gl.constexpr = [2, BLOCK_M, BLOCK_N] if RESIDUAL != 0 else [1, 8, 8]  # (a token buffer: unused)
     r_bufs = gl.allocate_shared_memory(r_desc.dtype, r_shape, r_desc.layout)
@@ -273,8 +232,6 @@ def qgemm_pingpong_kernel(a_desc, b_desc, c_desc, r_desc, scale_ptr, bias_ptr, s
     r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     r_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    b_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
-    b_empty = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
@@ -282,17 +239,15 @@ def qgemm_pingpong_kernel(a_desc, b_desc, c_desc, r_desc, scale_ptr, bias_ptr, s
         mbarrier.init(r_ready.index(i), count=1)
         mbarrier.init(r_empty.index(i), count=1)
         mbarrier.init(done.index(i), count=1)
-    mbarrier.init(b_ready.index(0), count=1)
-    mbarrier.init(b_empty.index(0), count=1)
     descs = (a_desc, b_desc, c_desc, r_desc)
     bufs = (a_bufs, b_bufs, c_bufs, r_bufs)
-    bars = (ready, empty, r_ready, r_empty, done, b_ready, b_empty)
+    bars = (ready, empty, r_ready, r_empty, done)
     gl.warp_specialize([
         (_math, (0, descs, bufs, bars, scale_ptr, bias_ptr, stats_ptr, gamma_ptr, beta_ptr, M, N, K, out_scale,
-                 HAS_BIAS, ACT, OUT_Q, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PANEL)),
+                    HAS_BIAS, ACT, OUT_Q, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)),
         (_math, (1, descs, bufs, bars, scale_ptr, bias_ptr, stats_ptr, gamma_ptr, beta_ptr, M, N, K, out_scale,
-                 HAS_BIAS, ACT, OUT_Q, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PANEL)),
-        (_loader, (descs, bufs, bars, M, N, K, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, PANEL))],
+                    HAS_BIAS, ACT, OUT_Q, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, STAGES)),
+        (_loader, (descs, bufs, bars, M, N, K, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, STAGES))],
         [4, 1], [232, 40])  # warps and registers a thread of the second warpgroup and of the loader
 
 
