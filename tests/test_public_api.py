@@ -23,6 +23,7 @@ EXPECTED = [
     "TrimtabError",
     "TuneConfig",
     "__version__",
+    "build_bf16",
     "build_fp16",
     "build_fp32",
     "build_int8",

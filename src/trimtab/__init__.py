@@ -28,6 +28,7 @@ _LAZY = {
     "PrecisionPlan": "trimtab.build.plan",
     "Summary": "trimtab.report.summary",
     "TuneConfig": "trimtab.pipeline",
+    "build_bf16": "trimtab.build",
     "build_fp16": "trimtab.build",
     "build_fp32": "trimtab.build",
     "build_int8": "trimtab.build",

@@ -8,6 +8,7 @@ from enum import StrEnum
 class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"  # GPUs only: ONNX Runtime's CPU provider has no bf16 kernels (trimtab.build.build_bf16)
     INT8 = "int8"
     FP8 = "fp8"  # float8e4m3fn Q/DQ (GPUs with fp8 tensor cores; trimtab.build.build_fp8)
 

@@ -76,3 +76,12 @@ def test_wrong_input_shape_is_a_clear_error():
 def test_unknown_backend_names_the_available_ones():
     with pytest.raises(BackendUnavailableError, match="available: ort-cpu, gpu"):
         get_backend("tensorrt", "model.onnx")
+
+
+def test_a_bf16_artifact_is_a_clear_error_that_names_the_gpu_target():
+    from trimtab.build import build_bf16
+    from trimtab.errors import InvalidModelError
+
+    artifact = build_bf16(_conv_dw_conv())  # its Convs stay fp32 (opset < 22); the ReLU6 Clips go bf16
+    with pytest.raises(InvalidModelError, match="--target gpu"):
+        OrtCpuBackend(artifact.proto).infer({"x": np.zeros((1, 3, 6, 6), np.float32)})

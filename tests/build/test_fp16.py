@@ -10,7 +10,7 @@ from tests.build._support import (
     run,
     tensor_names,
 )
-from trimtab.build import PrecisionPlan, build_fp16, build_fp32
+from trimtab.build import PrecisionPlan, build_bf16, build_fp16, build_fp32
 from trimtab.build.plan import PlanRule
 
 
@@ -89,3 +89,45 @@ def test_weights_with_a_few_negligible_values_are_still_converted():
     values[:, :, :, :] = 1e-9  # the whole tensor below fp16's range: must stay fp32
     weight.CopyFrom(onnx.numpy_helper.from_array(values, "w2"))
     assert "flush to zero" in build_fp16(as_model(proto)).notes["kept_fp32"]["conv2"]
+
+
+def test_bf16_converts_what_only_fp16_range_forbids_and_keeps_the_risky_ops():
+    """bf16 has fp32's range: the 1e5 constant and the 1e-10 epsilon are fine there; reductions,
+    exponentials and Softmax stay fp32 as in fp16."""
+    model = as_model(fp16_risky_model())
+    artifact = build_bf16(model)
+    assert set(artifact.notes["kept_fp32"]) == {"softmax", "reducesum", "exp"}
+    types = _types(artifact.proto)
+    assert types["m"] == TensorProto.BFLOAT16 and types["sm"] == TensorProto.FLOAT
+    weight = next(init for init in artifact.proto.graph.initializer if init.name.startswith("W"))
+    assert weight.data_type == TensorProto.BFLOAT16
+    assert artifact.name == artifact.precision == "bf16"
+    onnx.checker.check_model(artifact.proto, full_check=True)
+    # the weights are the fp32 ones rounded to the nearest bf16 (8 significant bits)
+    original = onnx.numpy_helper.to_array(next(i for i in model.proto.graph.initializer if i.name == "W"))
+    rounded = onnx.numpy_helper.to_array(weight).astype(np.float32)
+    assert np.abs(rounded - original).max() <= np.abs(original).max() * 2.0**-8 and not np.array_equal(rounded, original)
+
+
+def test_bf16_keeps_an_fp32_mask_constant_that_would_round_to_minus_infinity():
+    proto = fp16_risky_model()
+    for init in proto.graph.initializer:
+        if init.name == "big":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.array([np.finfo(np.float32).min], np.float32), "big"))
+    kept = build_bf16(as_model(proto)).notes["kept_fp32"]
+    assert "beyond bf16" in kept["mul_big"]
+
+
+def test_ops_with_no_16_bit_form_at_the_models_opset_stay_fp32():
+    """ONNX allows bf16 Conv and pools only from opset 22: below it they stay fp32, so the file
+    stays valid; at opset 22 they convert."""
+    proto = residual_cnn()
+    kept = build_bf16(as_model(proto)).notes["kept_fp32"]
+    assert kept["conv1"] == "ONNX Conv at opset 13 has no bf16 form" and "gap" in kept
+    assert not build_fp16(as_model(proto)).notes["kept_fp32"]  # fp16 Conv is allowed there
+    proto.opset_import[0].version = 22
+    artifact = build_bf16(as_model(proto))
+    assert "conv1" not in artifact.notes["kept_fp32"]
+    conv1 = next(node for node in artifact.proto.graph.node if node.name == "conv1")
+    assert _types(artifact.proto)[conv1.input[1]] == TensorProto.BFLOAT16
+    onnx.checker.check_model(artifact.proto, full_check=True)

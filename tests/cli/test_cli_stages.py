@@ -51,6 +51,8 @@ def test_build_from_ranges_and_from_a_tensorrt_cache(workspace):
     _trimtab("build", workspace / "tiny.onnx", "--precision", "int8", "--trt-cache", folder / "trt.cache",
              "--flavour", "tensorrt", "--out", workspace / "trt.onnx")
     _trimtab("build", workspace / "tiny.onnx", "--precision", "fp16", "--out", workspace / "fp16.onnx")
+    _trimtab("build", workspace / "tiny.onnx", "--precision", "bf16", "--out", workspace / "bf16.onnx")
+    onnx.checker.check_model(onnx.load(workspace / "bf16.onnx"), full_check=True)  # Conv at opset < 22: fp32
     _trimtab("build", workspace / "tiny.onnx", "--precision", "int8", "--trt-cache", folder / "trt.cache",
              "--flavour", "tensorrt", "--fp16-elsewhere", "--out", workspace / "trt16.onnx")
     trt16 = onnx.load(workspace / "trt16.onnx")

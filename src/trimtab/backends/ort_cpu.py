@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from trimtab.backends.base import Backend
 from trimtab.errors import InvalidModelError
@@ -79,10 +80,14 @@ class OrtCpuBackend(Backend):
                 self._model_source(), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise InvalidModelError(
-                f"ONNX Runtime could not load the model: {exc}",
-                hint="check the file with `python -m onnx.checker` or rebuild the artifact",
-            ) from exc
+            raise InvalidModelError(f"ONNX Runtime could not load the model: {exc}", hint=self._load_hint()) from exc
+
+    def _load_hint(self) -> str:
+        """The fix for a file this provider cannot load: a bf16 artifact (no bf16 CPU kernels)
+        needs the gpu target; anything else, a check of the file."""
+        if not isinstance(self.model, (str, Path)) and _has_bf16(self.model.graph):
+            return "this is a bf16 artifact: ONNX Runtime's CPU provider has no bf16 kernels; run it with --target gpu"
+        return "check the file with `python -m onnx.checker` or rebuild the artifact"
 
     def profile_node_times(self, feeds: dict[str, np.ndarray], runs: int = 10) -> dict[str, float]:
         """Milliseconds per run (median) spent in each kernel, keyed by ONNX Runtime's node name after its
@@ -175,3 +180,10 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+
+
+def _has_bf16(graph: onnx.GraphProto) -> bool:
+    """Whether the graph holds bf16 weights or casts to bf16 (a `build_bf16` artifact)."""
+    return any(init.data_type == onnx.TensorProto.BFLOAT16 for init in graph.initializer) or any(
+        node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.BFLOAT16 for a in node.attribute)
+        for node in graph.node)

@@ -2,6 +2,7 @@
 
     build_fp32(model)                                   -> Artifact (the prepared model as is)
     build_fp16(model, plan=None)                        -> Artifact (Casts, risky ops kept fp32)
+    build_bf16(model, plan=None)                        -> Artifact (the same rule in bf16; GPUs only)
     build_int8(model, ranges, flavour, *, plan=None,
                method_name=None, skip_tensors=...,
                smoothing=None, unquantized="fp32")      -> Artifact (Q/DQ placed per flavour)
@@ -12,7 +13,7 @@
 """
 
 from trimtab.build.artifact import Artifact
-from trimtab.build.fp16 import build_fp16
+from trimtab.build.fp16 import build_bf16, build_fp16
 from trimtab.build.fp32 import build_fp32
 from trimtab.build.fp8 import build_fp8
 from trimtab.build.int8 import build_int8
@@ -27,6 +28,7 @@ __all__ = [
     "PlanRule",
     "PrecisionPlan",
     "Smoothing",
+    "build_bf16",
     "build_fp16",
     "build_fp32",
     "build_fp8",

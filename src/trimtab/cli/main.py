@@ -307,7 +307,8 @@ def calibrate_cmd(
 @app.command("build")
 def build_cmd(
     model: str = typer.Argument(..., help="An .onnx file or example:NAME."),
-    precision: Precision = typer.Option(..., help="fp32, fp16, int8 or fp8 (float8e4m3fn Q/DQ for GPUs)."),
+    precision: Precision = typer.Option(..., help="fp32, fp16, bf16 (for GPUs), int8 or fp8 (float8e4m3fn Q/DQ "
+                                        "for GPUs)."),
     out: Path = typer.Option(..., help="Output .onnx file."),
     ranges: Optional[Path] = typer.Option(None, help="int8: ranges-METHOD.json from `trimtab calibrate`."),
     trt_cache: Optional[Path] = typer.Option(None, help="int8: a TensorRT calibration cache to use as ranges."),
@@ -317,7 +318,7 @@ def build_cmd(
     verbose: int = VerboseOpt,
 ) -> None:
     """Build one typed ONNX artifact."""
-    from trimtab.build import build_fp8, build_fp16, build_fp32, build_int8
+    from trimtab.build import build_bf16, build_fp8, build_fp16, build_fp32, build_int8
     from trimtab.load import load_model
 
     _setup_logging(verbose)
@@ -326,6 +327,8 @@ def build_cmd(
         artifact = build_fp32(loaded)
     elif precision == Precision.FP16:
         artifact = build_fp16(loaded)
+    elif precision == Precision.BF16:
+        artifact = build_bf16(loaded)
     elif precision == Precision.FP8:  # placed as the tensorrt flavour, fp16 elsewhere (a GPU runs it)
         artifact = build_fp8(loaded, _read_ranges(ranges, trt_cache))
     else:

@@ -188,4 +188,6 @@ def _to_torch(array: np.ndarray, device) -> torch.Tensor:
         array = array.astype(np.int64)
     if array.dtype.name == "float8_e4m3fn":  # ml_dtypes' type (onnx's numpy helper): torch reads its bytes
         return torch.from_numpy(np.array(array, order="C").view(np.uint8)).view(torch.float8_e4m3fn).to(device)
+    if array.dtype.name == "bfloat16":  # likewise
+        return torch.from_numpy(np.array(array, order="C").view(np.int16)).view(torch.bfloat16).to(device)
     return torch.from_numpy(np.array(array, order="C")).to(device)  # a copy; keeps 0-d arrays 0-d
