@@ -34,7 +34,10 @@ def test_gpu_collector_gives_onnx_runtimes_histograms_and_ranges(model_and_data)
         assert np.abs(a.counts - b.counts).sum() <= 0.001 * a.count + 2  # a value on a bin edge may move
     assert set(gpu.channels) == set(cpu.channels)
     for name, channel_range in cpu.channels.items():
-        np.testing.assert_allclose(gpu.channels[name].amax, channel_range.amax, rtol=1e-5)
+        # float32 sums in another order (torch against ONNX Runtime, whatever their threads do)
+        # differ by some ulps of the tensor's largest values: a small channel is held to those
+        want = channel_range.amax
+        np.testing.assert_allclose(gpu.channels[name].amax, want, rtol=1e-5, atol=1e-6 * float(np.max(want)))
     for method in ("minmax", "entropy", "percentile", "mse"):
         want, got = compute_ranges(cpu, method), compute_ranges(gpu, method)
         for name in want:
