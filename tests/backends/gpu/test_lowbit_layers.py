@@ -572,7 +572,7 @@ def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeyp
         kernel = lowbit_gluon.qgemm_pingpong_kernel
         monkeypatch.delenv("TRIMTAB_QUICK_TUNE", raising=False)  # every config, not the quick first one
         configs = lowbit_gluon._fitting(kernel.configs, descs, **flags)
-        assert len(configs) >= 3
+        assert len(configs) >= (1 if residual else 3)
         for config in configs:
             meta = dict(config.kwargs)
             lowbit_gluon._blocks({**descs, **meta})
