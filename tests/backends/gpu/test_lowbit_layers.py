@@ -506,21 +506,12 @@ def test_the_async_int8_kernel_gives_the_triton_kernels_values(act, out_q, resid
     operands and epilogue, with rows and columns that end mid-tile: the same int32 sums and fp32
     epilogue, so the same outputs but for an fp32 contraction the compilers may place differently."""
     from trimtab.backends.gpu import lowbit
-    from trimtab.backends.gpu.norm_triton import layer_norm
 
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the async int8 kernel is for Hopper")
     torch.manual_seed(0)
     for m, n, k in [(300, 80, 96), (4100, 768, 768), (1000, 3072, 768)]:
-        x_q = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
-        w_q = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
-        col, bias = torch.rand(n, device="cuda") * 2e-5, torch.randn(n, device="cuda").half()
-        res = None
-        if residual:
-            s = (torch.randn(m, n, device="cuda") * 3).half()
-            gamma, beta = (torch.rand(n, device="cuda") + 0.5).half(), torch.randn(n, device="cuda").half()
-            stats, _ = layer_norm(s, gamma, beta, 1e-12, quant=(0.05, torch.int8), stats_only=True)
-            res = (s,) if residual == 1 else (s, stats, gamma, beta)
+        x_q, w_q, col, bias, res = _random_int8_layer(m, n, k, residual)
         out_dtype, out_scale = (torch.int8, 0.05) if out_q else (torch.float16, None)
         outs = {}
         for async_int8 in (False, True):
@@ -545,22 +536,13 @@ def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeyp
     import triton
 
     from trimtab.backends.gpu import lowbit, lowbit_gluon
-    from trimtab.backends.gpu.norm_triton import layer_norm
 
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the ping-pong kernel is for Hopper")
     torch.manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for m, n, k in [(100, 64, 208), (3 * 128 * sms + 40, 192, 784), (2000, 768, 3072)]:
-        a = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
-        w = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
-        col, bias = torch.rand(n, device="cuda") * 2e-5, torch.randn(n, device="cuda").half()
-        res = None
-        if residual:
-            z = (torch.randn(m, n, device="cuda") * 3).half()
-            gamma, beta = (torch.rand(n, device="cuda") + 0.5).half(), torch.randn(n, device="cuda").half()
-            stats, _ = layer_norm(z, gamma, beta, 1e-12, quant=(0.05, torch.int8), stats_only=True)
-            res = (z, stats, gamma, beta)
+        a, w, col, bias, res = _random_int8_layer(m, n, k, residual)
         act, out_dtype, out_scale = (None, torch.float16, 1.0) if residual else ("gelu", torch.int8, 0.05)
         want = lowbit.qgemm(a, w, col, bias, act, out_dtype, None if residual else out_scale, tma=True, residual=res,
                             async_int8=False)
@@ -585,3 +567,19 @@ def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeyp
                 assert (out != want).float().mean() < 1e-3, meta
             else:
                 assert (out.int() - want.int()).abs().max() <= 1 and (out != want).float().mean() < 1e-4, meta
+
+
+def _random_int8_layer(m: int, n: int, k: int, residual: int) -> tuple:
+    """Random CUDA operands of an int8 layer [m, k] x [n, k]^T (x_q, w_q, column scales, fp16
+    bias) and its residual: None (0), (z,) (1) or a deferred LayerNorm's (z, stats, gamma, beta) (2)."""
+    from trimtab.backends.gpu.norm_triton import layer_norm
+
+    x_q = torch.randint(-128, 128, (m, k), device="cuda", dtype=torch.int8)
+    w_q = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+    col, bias = torch.rand(n, device="cuda") * 2e-5, torch.randn(n, device="cuda").half()
+    if not residual:
+        return x_q, w_q, col, bias, None
+    z = (torch.randn(m, n, device="cuda") * 3).half()
+    gamma, beta = (torch.rand(n, device="cuda") + 0.5).half(), torch.randn(n, device="cuda").half()
+    stats, _ = layer_norm(z, gamma, beta, 1e-12, quant=(0.05, torch.int8), stats_only=True)
+    return x_q, w_q, col, bias, (z,) if residual == 1 else (z, stats, gamma, beta)
