@@ -78,10 +78,13 @@ def test_unknown_backend_names_the_available_ones():
         get_backend("tensorrt", "model.onnx")
 
 
-def test_a_bf16_artifact_is_a_clear_error_that_names_the_gpu_target():
+def test_a_bf16_artifact_is_a_clear_error_that_names_the_gpu_target(tmp_path):
     from trimtab.build import build_bf16
     from trimtab.errors import InvalidModelError
 
     artifact = build_bf16(_conv_dw_conv())  # its Convs stay fp32 (opset < 22); the ReLU6 Clips go bf16
     with pytest.raises(InvalidModelError, match="--target gpu"):
         OrtCpuBackend(artifact.proto).infer({"x": np.zeros((1, 3, 6, 6), np.float32)})
+    path = artifact.save(tmp_path / "bf16.onnx")  # the CLI's case: a file
+    with pytest.raises(InvalidModelError, match="--target gpu"):
+        OrtCpuBackend(path).infer({"x": np.zeros((1, 3, 6, 6), np.float32)})

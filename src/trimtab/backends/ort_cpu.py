@@ -85,7 +85,13 @@ class OrtCpuBackend(Backend):
     def _load_hint(self) -> str:
         """The fix for a file this provider cannot load: a bf16 artifact (no bf16 CPU kernels)
         needs the gpu target; anything else, a check of the file."""
-        if not isinstance(self.model, (str, Path)) and _has_bf16(self.model.graph):
+        try:  # (only after a failure: the graph alone, without external weights)
+            model = onnx.load(str(self.model), load_external_data=False) if isinstance(self.model, (str, Path)) \
+                else self.model
+            bf16 = _has_bf16(model.graph)
+        except Exception:  # noqa: BLE001  (an unreadable file gets the general hint)
+            bf16 = False
+        if bf16:
             return "this is a bf16 artifact: ONNX Runtime's CPU provider has no bf16 kernels; run it with --target gpu"
         return "check the file with `python -m onnx.checker` or rebuild the artifact"
 
