@@ -118,11 +118,14 @@ def test_bf16_keeps_an_fp32_mask_constant_that_would_round_to_minus_infinity():
     assert "beyond bf16" in kept["mul_big"]
 
 
-def test_ops_with_no_16_bit_form_at_the_models_opset_stay_fp32():
+def test_ops_with_no_16_bit_form_at_the_models_opset_stay_fp32(caplog):
     """ONNX allows bf16 Conv and pools only from opset 22: below it they stay fp32, so the file
-    stays valid; at opset 22 they convert."""
+    stays valid, with a warning that says so; at opset 22 they convert."""
     proto = residual_cnn()
-    kept = build_bf16(as_model(proto)).notes["kept_fp32"]
+    with caplog.at_level("WARNING"):
+        kept = build_bf16(as_model(proto)).notes["kept_fp32"]
+    assert "5 nodes stay fp32 because ONNX Conv at opset 13 has no bf16 form" in caplog.text
+    assert "newer opset" in caplog.text
     assert kept["conv1"] == "ONNX Conv at opset 13 has no bf16 form" and "gap" in kept
     assert not build_fp16(as_model(proto)).notes["kept_fp32"]  # fp16 Conv is allowed there
     proto.opset_import[0].version = 22

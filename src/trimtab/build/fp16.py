@@ -121,6 +121,10 @@ def build_half(model, half: HalfType, plan: PrecisionPlan | None = None) -> Arti
     replace_nodes(proto.graph, new_nodes)
     rewriter.finish()
     logger.info("%s: %d nodes kept fp32, %d casts inserted", half.name, len(kept), rewriter.casts)
+    by_spec = sorted({reason for reason in kept.values() if reason.startswith("ONNX ")})
+    if by_spec:  # most often bf16 convolutions below opset 22: the fix is the user's export
+        logger.warning("%s: %d nodes stay fp32 because %s; export the model at a newer opset to convert them",
+                       half.name, sum(r in by_spec for r in kept.values()), "; ".join(by_spec))
     return Artifact(
         name=half.name,
         precision=half.precision.value,
