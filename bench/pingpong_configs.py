@@ -22,7 +22,6 @@ from trimtab.backends.gpu import lowbit
 
 
 def main() -> None:
-    import triton
     from triton.testing import do_bench_cudagraph
 
     from trimtab.backends.gpu import lowbit_gluon as gluon
@@ -43,23 +42,12 @@ def main() -> None:
 
             want = triton_run()
             times[f"{layer}: Triton"] = do_bench_cudagraph(triton_run)  # ms
-            m = o["x_q"].shape[0]
             res_args = lowbit._residual_args(o["residual"], o["col"])
             flags = dict(HAS_BIAS=True, ACT=lowbit.ACTS[act], OUT_Q=int(eight_bit), RESIDUAL=2 if residual else 0)
             out = torch.empty_like(want)
-            descs = {"a_desc": gluon.descriptor(o["x_q"]), "b_desc": gluon.descriptor(o["w_q"]),
-                     "c_desc": gluon.descriptor(out), "r_desc": gluon.descriptor(res_args[0] if residual else out)}
-            kernel = gluon.qgemm_pingpong_kernel
-            for config in gluon._fitting(kernel.configs, descs, **flags):
-                meta = dict(config.kwargs)
-                gluon._blocks({**descs, **meta})
-                grid = (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
-
-                def run(meta=meta, grid=grid, config=config):
-                    kernel.fn[grid](*descs.values(), o["col"], o["bias"], *res_args[1:], m, n, k,
-                                    1.0 if out_scale is None else out_scale, **flags, **meta,
-                                    num_warps=config.num_warps, maxnreg=config.maxnreg)
-
+            for config, run in gluon.config_runs(o["x_q"], o["w_q"], out, o["col"], o["bias"], res_args,
+                                                 1.0 if out_scale is None else out_scale, flags, sms):
+                meta = config.kwargs
                 name = f"{layer}: ping-pong {meta['BLOCK_M']}x{meta['BLOCK_N']}x{meta['BLOCK_K']} s{meta['STAGES']}"
                 out.zero_()
                 run()

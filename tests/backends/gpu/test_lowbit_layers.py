@@ -533,8 +533,6 @@ def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeyp
     """Each tile config of the ping-pong kernel (ring depth, tile width), launched directly, on
     shapes where a program takes one tile, an odd number of tiles (the second warpgroup idles at
     the end) or many, and where K and the last tile end mid-block: the Triton kernel's outputs."""
-    import triton
-
     from trimtab.backends.gpu import lowbit, lowbit_gluon
 
     if torch.cuda.get_device_capability()[0] != 9:
@@ -549,19 +547,13 @@ def test_every_pingpong_config_gives_the_triton_kernels_values(residual, monkeyp
         res_args = lowbit._residual_args(res, col)
         flags = dict(HAS_BIAS=True, ACT=lowbit.ACTS[act], OUT_Q=0 if residual else 1, RESIDUAL=residual)
         out = torch.empty_like(want)
-        descs = {"a_desc": lowbit_gluon.descriptor(a), "b_desc": lowbit_gluon.descriptor(w),
-                 "c_desc": lowbit_gluon.descriptor(out), "r_desc": lowbit_gluon.descriptor(res_args[0] if res else out)}
-        kernel = lowbit_gluon.qgemm_pingpong_kernel
         monkeypatch.delenv("TRIMTAB_QUICK_TUNE", raising=False)  # every config, not the quick first one
-        configs = lowbit_gluon._fitting(kernel.configs, descs, **flags)
-        assert len(configs) >= (1 if residual else 3)
-        for config in configs:
-            meta = dict(config.kwargs)
-            lowbit_gluon._blocks({**descs, **meta})
-            tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+        runs = lowbit_gluon.config_runs(a, w, out, col, bias, res_args, out_scale, flags, sms)
+        assert len(runs) >= (1 if residual else 3)
+        for config, run in runs:
+            meta = config.kwargs
             out.zero_()
-            kernel.fn[(min(sms, tiles),)](*descs.values(), col, bias, *res_args[1:], m, n, k, out_scale, **flags, **meta,
-                                          num_warps=config.num_warps, maxnreg=config.maxnreg)
+            run()
             if residual:
                 torch.testing.assert_close(out, want, rtol=1e-3, atol=1e-3)
                 assert (out != want).float().mean() < 1e-3, meta

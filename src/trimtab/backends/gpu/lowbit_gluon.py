@@ -266,6 +266,33 @@ def qgemm_pingpong(a, w, out, col_scale, bias, res_args, out_scale, flags, m_buc
     m, k = a.shape
     n = w.shape[0]
     grid = lambda meta: (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
-    residual = res_args[0].reshape(m, n) if flags["RESIDUAL"] else out  # (else a placeholder, never read)
-    qgemm_pingpong_kernel[grid](descriptor(a), descriptor(w), descriptor(out), descriptor(residual), col_scale, bias,
-                                *res_args[1:], m, n, k, out_scale, M_BUCKET=m_bucket, **flags)
+    qgemm_pingpong_kernel[grid](*_descriptors(a, w, out, res_args, flags).values(), col_scale, bias, *res_args[1:],
+                                m, n, k, out_scale, M_BUCKET=m_bucket, **flags)
+
+
+def config_runs(a, w, out, col_scale, bias, res_args, out_scale, flags, sms) -> list:
+    """(config, run) for each tile config that fits the layer `qgemm_pingpong` would run: `run()`
+    launches the kernel with that config, past the autotuner (the CUDA tests check each config's
+    outputs and bench/pingpong_configs.py times them)."""
+    m, k = a.shape
+    n = w.shape[0]
+    descs = _descriptors(a, w, out, res_args, flags)
+    runs = []
+    for config in _fitting(qgemm_pingpong_kernel.configs, descs, **flags):
+        meta = dict(config.kwargs)
+        grid = (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+
+        def run(meta=meta, grid=grid, config=config):
+            _blocks({**descs, **meta})  # the descriptors' blocks for this config
+            qgemm_pingpong_kernel.fn[grid](*descs.values(), col_scale, bias, *res_args[1:], m, n, k, out_scale, **flags,
+                                           **meta, num_warps=config.num_warps, maxnreg=config.maxnreg)
+
+        runs.append((config, run))
+    return runs
+
+
+def _descriptors(a, w, out, res_args, flags) -> dict:
+    """The kernel's four TMA descriptors; without a residual the output's stands in (never read)."""
+    m, n = out.shape
+    residual = res_args[0].reshape(m, n) if flags["RESIDUAL"] else out
+    return {"a_desc": descriptor(a), "b_desc": descriptor(w), "c_desc": descriptor(out), "r_desc": descriptor(residual)}
