@@ -4,7 +4,9 @@ Shapes: batch 128 x sequence 128 tokens, hidden 768, 12 heads of 64, a padding m
 sequences (the additive [B, 1, S, S] mask BERT's export builds). Per element type:
   separate  the engine's unfused path: the Q/K/V GEMM (`lowbit.qgemm`, fp16 out; fp16: cuBLAS
             `F.linear`) writes q, k, v; the attention kernel (`attention_triton`) reads them
-  fused     `qkv_attention_triton.qkv_attention`: q, k, v never leave the chip
+  fused     `qkv_attention_triton.qkv_attention`: q, k, v never leave the chip (int8 on Hopper:
+            the Triton or the warp-specialized Gluon kernel, whichever it timed faster; both are
+            also timed alone, with the [B, 1, S, S] mask and with one row of keys a sequence)
 The fused kernel's autotuner timings per config (tile depth, warps, stages, q and k merged into
 one product or not) and each compiled variant's registers, spills and shared memory are printed.
 Checks: fused output against the separate path's (int8/fp8: share of codes that differ, largest
@@ -61,9 +63,31 @@ def fused(x, w, col, bias, mask, out_q):
                                               torch.float16, out_q)
 
 
-def tuning(name: str) -> list[str]:
+def fused_triton(x, w, col, bias, mask, out_q):
+    return qkv_attention_triton.qkv_attention(x, w, col, bias, (0, HIDDEN, 2 * HIDDEN), H, mask, D ** -0.5,
+                                              torch.float16, out_q, async_int8=False)
+
+
+def fused_gluon(x, w, col, bias, mask, out_q):
+    """The warp-specialized int8 kernel alone (autotuned), as `qkv_attention` would launch it."""
+    from trimtab.backends.gpu.lowbit import _multiprocessors
+    from trimtab.backends.gpu.qkv_attention_gluon import qkv_attention_pingpong
+
+    m, strides = attention_triton.mask_operand(mask, x)
+    out = torch.empty((B, S, H, D), dtype=out_q[1] if out_q else torch.float16, device=x.device)
+    qkv_attention_pingpong(x, w, col, bias, (0, HIDDEN, 2 * HIDDEN), H, m, strides, D ** -0.5 * 1.4426950408889634,
+                           out, out_q, _multiprocessors(x.device))
+    return out.permute(0, 2, 1, 3)
+
+
+def row_mask(fn):
+    """fn with BERT's padding mask as one row of keys a sequence ([B, 1, 1, S]), not [B, 1, S, S]."""
+    return lambda x, w, col, bias, mask, out_q: fn(x, w, col, bias, mask[:, :, :1, :], out_q)
+
+
+def tuning(name: str, kernel=None) -> list[str]:
     """The fused kernel's autotuner timings of its last tuning (us, median), best first."""
-    timings = getattr(qkv_attention_triton._qkv_attention, "configs_timings", None) or {}
+    timings = getattr(kernel or qkv_attention_triton._qkv_attention, "configs_timings", None) or {}
     lines = []
     for config, t in sorted(timings.items(), key=lambda kv: kv[1][0] if isinstance(kv[1], list) else kv[1]):
         ms = t[0] if isinstance(t, list) else t
@@ -106,7 +130,12 @@ def main() -> None:
             probe = separate(x, w, col, bias, mask, None)
             out_q = None if element == torch.float16 else (float(probe.abs().max()) / (127 if element == torch.int8 else 448), element)
             want = separate(x, w, col, bias, mask, out_q)
-            for label, fn in (("separate", separate), ("fused", fused)):
+            labelled = [("separate", separate), ("fused", fused)]
+            if element == torch.int8:
+                labelled += [("fused triton", fused_triton), ("fused gluon", fused_gluon),
+                             ("fused triton, row mask", row_mask(fused_triton)),
+                             ("fused gluon, row mask", row_mask(fused_gluon))]
+            for label, fn in labelled:
                 key = f"{name} {label}"
                 try:
                     got = fn(x, w, col, bias, mask, out_q)
@@ -117,6 +146,9 @@ def main() -> None:
                 checks[key] = compare(got, want, element)
                 if label == "fused":
                     tuned += tuning(name)
+                if "gluon" in label:
+                    from trimtab.backends.gpu.qkv_attention_gluon import qkv_attention_pingpong_kernel
+                    tuned += tuning(f"{name} {label}", qkv_attention_pingpong_kernel)
                 variants[key] = (lambda fn=fn, a=(x, w, col, bias, mask, out_q): fn(*a))
         times = cuda_graph_interleaved(variants, rounds=9, iters=20)
     rows = [(name, round(ms * 1000, 1), checks.get(name, "")) for name, ms in times.items()]

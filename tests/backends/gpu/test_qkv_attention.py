@@ -166,3 +166,56 @@ def test_the_one_kernel_path_matches_the_projection_then_the_attention(element):
     assert not supported(x, w, 5, mask)  # head size not a power of two
     long = torch.zeros(1, 300, w.shape[1], device="cuda", dtype=x.dtype)
     assert not supported(long, w, heads, None)  # scores of 300 keys do not fit one program
+
+
+def _needs_hopper():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the warp-specialized Gluon kernel is written for Hopper (compute capability 9)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mask_kind", ["none", "row of keys", "tile"])
+def test_the_gluon_kernel_gives_the_triton_kernels_values_with_every_config(mask_kind):
+    """The int8 warp-specialized kernel (`qkv_attention_gluon`) against the Triton kernel, each
+    tile config launched directly: the same integer sums, so q, k and v agree exactly; the scores
+    and softmax may round differently, so outputs agree to fp16 rounding and int8 codes to one step."""
+    _needs_hopper()
+    from trimtab.backends.gpu import lowbit
+    from trimtab.backends.gpu.attention_triton import mask_operand
+    from trimtab.backends.gpu.qkv_attention_gluon import CONFIGS, qkv_attention_pingpong, supported
+    from trimtab.backends.gpu.qkv_attention_gluon import mask_kind as mask_kind_of
+    from trimtab.backends.gpu.qkv_attention_triton import qkv_attention
+
+    torch.manual_seed(1)
+    for b, s, k, heads, d in [(5, 128, 768, 12, 64), (3, 64, 256, 4, 32)]:
+        hidden = heads * d
+        x = lowbit.quantize(torch.randn(b, s, k, device="cuda", dtype=torch.float16), 4 / 127, torch.int8)
+        w = torch.randint(-127, 128, (3 * hidden, k), device="cuda", dtype=torch.int8)
+        col = (torch.rand(3 * hidden, device="cuda") + 0.5) * 4e-3 / k ** 0.5
+        bias = torch.randn(3 * hidden, device="cuda", dtype=torch.float16) * 0.1
+        mask = None
+        if mask_kind == "row of keys":  # [B, 1, 1, S]: read as one row of keys a sequence
+            mask = torch.zeros(b, 1, 1, s, device="cuda", dtype=torch.float16)
+            mask[-1, ..., s - 5:] = torch.finfo(torch.float16).min
+        if mask_kind == "tile":  # [B, 1, S, S], as BERT's export builds it: [S, S] tiles by TMA
+            mask = torch.randn(b, 1, s, s, device="cuda", dtype=torch.float16)
+            mask[-1, ..., s - 5:] = torch.finfo(torch.float16).min
+        offsets = (hidden, 2 * hidden, 0)  # q, k and v anywhere in the projection's columns
+        m, strides = mask_operand(mask, x)
+        assert supported(x, w, heads, m, strides, torch.float16)
+        assert mask_kind_of(m, x, strides, s) == ["none", "row of keys", "tile"].index(mask_kind)
+        want = qkv_attention(x, w, col, bias, offsets, heads, mask, None, torch.float16, async_int8=False)
+        want_q_scale = float(want.abs().max()) / 127
+        want_q = qkv_attention(x, w, col, bias, offsets, heads, mask, None, torch.float16, (want_q_scale, torch.int8),
+                               async_int8=False)
+        qk_scale = d ** -0.5 * 1.4426950408889634
+        fitting = [c for c in CONFIGS if k % c[0] == 0 and (mask_kind != "tile" or c[0] * c[1] <= 256)]
+        for config in fitting:
+            got = torch.full((b, s, heads, d), float("nan"), device="cuda", dtype=torch.float16)
+            qkv_attention_pingpong(x, w, col, bias, offsets, heads, m, strides, qk_scale, got, None, 132, config)
+            torch.testing.assert_close(got.permute(0, 2, 1, 3), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
+            got_q = torch.zeros((b, s, heads, d), device="cuda", dtype=torch.int8)
+            qkv_attention_pingpong(x, w, col, bias, offsets, heads, m, strides, qk_scale, got_q,
+                                   (want_q_scale, torch.int8), 7, config)  # 7 programs: many items each
+            steps = (got_q.permute(0, 2, 1, 3).int() - want_q.int()).abs()
+            assert steps.max() <= 1 and (steps > 0).float().mean() < 1e-2, config

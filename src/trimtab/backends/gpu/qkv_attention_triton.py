@@ -156,28 +156,49 @@ def supported(x: torch.Tensor, w: torch.Tensor, heads: int, mask: torch.Tensor |
 
 def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | None, bias: torch.Tensor | None,
                   offsets: tuple[int, int, int], heads: int, mask: torch.Tensor | None, scale: float | None,
-                  half: torch.dtype, out_q: tuple[float, torch.dtype] | None = None, config: dict | None = None
-                  ) -> torch.Tensor:
+                  half: torch.dtype, out_q: tuple[float, torch.dtype] | None = None, config: dict | None = None,
+                  async_int8: bool = True) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with q, k, v the `offsets` (start rows) slices of
     x @ w^T * col_scale + bias, each rounded to `half` and split into `heads` heads. x [B, S, K]
     (int8, fp8, or `half`), w [3 * hidden, K] of x's type; returns [B, heads, S, head_dim] (a view
     of a [B, S, heads, head_dim] buffer) in `half`, or quantized with `out_q` (scale, dtype).
     `config` (tests): run these meta-parameters (BLOCK_K, MERGE_QK, num_warps, num_stages)
-    instead of the autotuned ones."""
+    instead of the autotuned ones. `async_int8`: int8 operands on Hopper may run the
+    warp-specialized Gluon kernel (`qkv_attention_gluon`), timed once per shape class against
+    this one (`lowbit._int8_kernel`)."""
     b, s, k = x.shape
     hidden = w.shape[0] // 3
     d = hidden // heads
     scale = d ** -0.5 if scale is None else scale
     x = x.contiguous()
+    w = w.contiguous()
     out = torch.empty((b, s, heads, d), dtype=out_q[1] if out_q else half, device=x.device)
     mask, strides = mask_operand(mask, x)
     block = max(16, triton.next_power_of_2(s))
     launch = _qkv_attention if config is None else _qkv_attention.fn
     forced = config or {}
-    launch[(b * heads,)](
-        x, w.contiguous(), col_scale if col_scale is not None else x, bias if bias is not None else x, mask, out,
-        heads, s, k, *offsets, scale * 1.4426950408889634, out_q[0] if out_q else 1.0, *strides,
-        IS_INT8=x.dtype == torch.int8, HAS_SCALE=col_scale is not None, HAS_BIAS=bias is not None,
-        HAS_MASK=mask is not x, OUT_Q=output_kind(out_q), BF16=half == torch.bfloat16, D=d,
-        BLOCK_S=block, EVEN_S=s == block, **forced)
+    qk_scale = scale * 1.4426950408889634
+
+    def run_triton():
+        launch[(b * heads,)](
+            x, w, col_scale if col_scale is not None else x, bias if bias is not None else x, mask, out,
+            heads, s, k, *offsets, qk_scale, out_q[0] if out_q else 1.0, *strides,
+            IS_INT8=x.dtype == torch.int8, HAS_SCALE=col_scale is not None, HAS_BIAS=bias is not None,
+            HAS_MASK=mask is not x, OUT_Q=output_kind(out_q), BF16=half == torch.bfloat16, D=d,
+            BLOCK_S=block, EVEN_S=s == block, **forced)
+
+    if async_int8 and config is None and (out_q is None or out_q[1] == torch.int8):
+        from trimtab.backends.gpu import qkv_attention_gluon as gluon_kernel
+
+        if gluon_kernel.supported(x, w, heads, mask, strides, half):
+            from trimtab.backends.gpu.lowbit import _bucket, _int8_kernel, _multiprocessors
+
+            def run_gluon():
+                gluon_kernel.qkv_attention_pingpong(x, w, col_scale, bias, offsets, heads, mask, strides, qk_scale,
+                                                    out, out_q, _multiprocessors(x.device))
+
+            key = ("qkv_attention", _bucket(b), s, k, d, heads, out_q is not None, mask is not x)
+            {"gluon": run_gluon, "triton": run_triton}[_int8_kernel(key, run_triton, run_gluon)]()
+            return out.permute(0, 2, 1, 3)
+    run_triton()
     return out.permute(0, 2, 1, 3)
