@@ -14,6 +14,9 @@
    int8 outputs where only int8 layers read them, LayerNorms and attention writing 8-bit data,
    fake-quant in fp16 without the Casts around it. (8 runs before 7, whose LayerNorm rewrite then
    sees the int8 layers.)
+13. `fuse_mask.narrow_masks`: an attention mask whose values vary along fewer axes than its shape
+   has (BERT's padding mask, [B, 1, S, S] built from [B, 1, 1, S]) is computed at the smaller
+   shape and expanded as a view.
 
 A node is absorbed only when the tensor between it and the step before is read by nobody else and
 is not a graph output. Every rewrite is counted in `plan.notes["fusions"]`.
@@ -74,6 +77,9 @@ def fuse(plan: Plan, quantized: dict | None = None) -> None:
     counts["residual_epilogue"] = fuse_residual_add(plan)
     counts["deferred_norm"] = defer_layer_norm(plan)
     counts["qkv_attention"] = fuse_qkv_attention(plan)
+    from trimtab.backends.gpu.fuse_mask import narrow_masks
+
+    counts["narrow_mask"] = narrow_masks(plan)
     plan.notes["fusions"] = {k: v for k, v in counts.items() if v}
     _prune(plan)
 

@@ -19,8 +19,8 @@ import torch
 
 from trimtab._io import atomic_write_bytes, atomic_write_json
 
-FORMAT = 6  # 2: 8-bit linear layers (trimtab.QLinear); 3: LayerNorms writing 8-bit copies; 4: fp16 FakeQuant; 5: QuantAdd
-# 6: QKVAttention
+FORMAT = 7  # 2: 8-bit linear layers (trimtab.QLinear); 3: LayerNorms writing 8-bit copies; 4: fp16 FakeQuant; 5: QuantAdd
+# 6: QKVAttention; 7: narrowed attention masks
 _TENSOR_ATTR = "__tensor__"
 
 
