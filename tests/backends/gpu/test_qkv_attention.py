@@ -182,7 +182,7 @@ def test_the_gluon_kernel_gives_the_triton_kernels_values_with_every_config(mask
     _needs_hopper()
     from trimtab.backends.gpu import lowbit
     from trimtab.backends.gpu.attention_triton import mask_operand
-    from trimtab.backends.gpu.qkv_attention_gluon import CONFIGS, qkv_attention_pingpong, supported
+    from trimtab.backends.gpu.qkv_attention_gluon import fitting_configs, qkv_attention_pingpong, supported
     from trimtab.backends.gpu.qkv_attention_gluon import mask_kind as mask_kind_of
     from trimtab.backends.gpu.qkv_attention_triton import qkv_attention
 
@@ -202,18 +202,21 @@ def test_the_gluon_kernel_gives_the_triton_kernels_values_with_every_config(mask
             mask[-1, ..., s - 5:] = torch.finfo(torch.float16).min
         offsets = (hidden, 2 * hidden, 0)  # q, k and v anywhere in the projection's columns
         m, strides = mask_operand(mask, x)
-        assert supported(x, w, heads, m, strides, torch.float16)
-        assert mask_kind_of(m, x, strides, s) == ["none", "row of keys", "tile"].index(mask_kind)
+        kind = mask_kind_of(m, x, strides, s)
+        assert kind == ["none", "row of keys", "tile"].index(mask_kind)
+        assert supported(x, w, heads, m, strides, torch.float16, True)
+        # fp16 output tiles beside two [128, 128] mask tiles leave no ring that fits: the Triton kernel runs
+        assert supported(x, w, heads, m, strides, torch.float16, False) == (kind != 2 or s < 128)
         want = qkv_attention(x, w, col, bias, offsets, heads, mask, None, torch.float16, async_int8=False)
         want_q_scale = float(want.abs().max()) / 127
         want_q = qkv_attention(x, w, col, bias, offsets, heads, mask, None, torch.float16, (want_q_scale, torch.int8),
                                async_int8=False)
         qk_scale = d ** -0.5 * 1.4426950408889634
-        fitting = [c for c in CONFIGS if k % c[0] == 0 and (mask_kind != "tile" or c[0] * c[1] <= 256)]
-        for config in fitting:
+        for config in fitting_configs(s, d, k, 2, kind):  # fp16 output
             got = torch.full((b, s, heads, d), float("nan"), device="cuda", dtype=torch.float16)
             qkv_attention_pingpong(x, w, col, bias, offsets, heads, m, strides, qk_scale, got, None, 132, config)
             torch.testing.assert_close(got.permute(0, 2, 1, 3), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
+        for config in fitting_configs(s, d, k, 1, kind):  # int8 output
             got_q = torch.zeros((b, s, heads, d), device="cuda", dtype=torch.int8)
             qkv_attention_pingpong(x, w, col, bias, offsets, heads, m, strides, qk_scale, got_q,
                                    (want_q_scale, torch.int8), 7, config)  # 7 programs: many items each

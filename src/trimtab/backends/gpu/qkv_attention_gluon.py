@@ -202,16 +202,21 @@ def _blocks(nargs):
 
 
 def _fitting(configs, named_args, **kwargs):
-    """The configs whose ring (x and three weight tiles a K step), k, v and output tiles and mask
-    tiles (two of each per program) fit in shared memory, with BLOCK_K dividing K. With
-    TRIMTAB_QUICK_TUNE=1 (the test suite) only the first."""
-    block_s, d, k = kwargs["BLOCK_S"], kwargs["D"], named_args["K"]
-    tiles = 2 * block_s * (2 * d * 2 + d * named_args["o_desc"].base.element_size())
-    if kwargs["MASK"] == 2:
-        tiles += 2 * block_s * block_s * named_args["m_desc"].base.element_size()
-    fitting = [c for c in configs if k % c.kwargs["BLOCK_K"] == 0 and c.kwargs["STAGES"] * (block_s + 3 * d)
-               * c.kwargs["BLOCK_K"] + tiles + 1024 <= SM_SHARED_BYTES]
+    """The autotuner's configs that `fitting_configs` keeps. With TRIMTAB_QUICK_TUNE=1 (the test
+    suite) only the first."""
+    fits = fitting_configs(kwargs["BLOCK_S"], kwargs["D"], named_args["K"], named_args["o_desc"].base.element_size(),
+                           kwargs["MASK"])
+    fitting = [c for c in configs if (c.kwargs["BLOCK_K"], c.kwargs["STAGES"]) in fits]
     return fitting[:1] if os.environ.get("TRIMTAB_QUICK_TUNE") == "1" else fitting
+
+
+def fitting_configs(block_s: int, d: int, k: int, out_size: int, mask: int) -> list[tuple[int, int]]:
+    """The (BLOCK_K, STAGES) of CONFIGS with BLOCK_K dividing K whose ring (x and three weight
+    tiles a K step), k, v and output tiles and (mask 2) mask tiles, two of each per program, fit
+    in shared memory."""
+    tiles = 2 * block_s * (2 * d * 2 + d * out_size) + (2 * block_s * block_s * 2 if mask == 2 else 0)
+    return [(bk, stages) for bk, stages in CONFIGS
+            if k % bk == 0 and stages * (block_s + 3 * d) * bk + tiles + 1024 <= SM_SHARED_BYTES]
 
 
 # (BLOCK_K, STAGES): K step and ring depth, autotuned per shape class (a [128, 128] mask tile a
@@ -285,19 +290,21 @@ def mask_kind(mask, stand_in, strides: list[int], s: int) -> int:
     return -1
 
 
-def supported(x, w, heads: int, mask, strides: list[int], half) -> bool:
+def supported(x, w, heads: int, mask, strides: list[int], half, int8_out: bool) -> bool:
     """Whether `qkv_attention_pingpong` runs these operands (beyond qkv_attention_triton.supported):
     int8 on Hopper with fp16 q/k/v, head size 32 or 64, K a multiple of 64, 64 or 128 tokens,
-    and a mask (mask, strides: `attention_triton.mask_operand`'s) of a kind it reads (`mask_kind`)."""
+    a mask (mask, strides: `attention_triton.mask_operand`'s) of a kind it reads (`mask_kind`),
+    and some config whose buffers fit in shared memory (an fp16 output beside [S, S] mask tiles
+    may leave none)."""
     import torch
 
     if x.dtype != torch.int8 or w.dtype != torch.int8 or half != torch.float16:
         return False
     if torch.cuda.get_device_capability(x.device)[0] != 9:
         return False
-    s = x.shape[1]
-    return ((w.shape[0] // 3) // heads in (32, 64) and x.shape[-1] % 64 == 0 and s in (64, 128)
-            and mask_kind(mask, x, strides, s) >= 0)
+    s, d, kind = x.shape[1], (w.shape[0] // 3) // heads, mask_kind(mask, x, strides, x.shape[1])
+    return (d in (32, 64) and x.shape[-1] % 64 == 0 and s in (64, 128) and kind >= 0
+            and bool(fitting_configs(s, d, x.shape[-1], 1 if int8_out else 2, kind)))
 
 
 def qkv_attention_pingpong(x, w, col_scale, bias, offsets, heads, mask, strides, qk_scale, out, out_q, sms,

@@ -190,7 +190,7 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
     if async_int8 and config is None and (out_q is None or out_q[1] == torch.int8):
         from trimtab.backends.gpu import qkv_attention_gluon as gluon_kernel
 
-        if gluon_kernel.supported(x, w, heads, mask, strides, half):
+        if gluon_kernel.supported(x, w, heads, mask, strides, half, out_q is not None):
             from trimtab.backends.gpu.lowbit import _bucket, _int8_kernel, _multiprocessors
 
             def run_gluon():
