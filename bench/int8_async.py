@@ -62,7 +62,7 @@ def gemm(o: dict, act, eight_bit: bool, async_int8: bool):
 
 
 def forced(o: dict, act, eight_bit: bool, kernel: str):
-    """The int8 GEMM through one kernel: `lowbit._int8_kernel`'s choice set for this call's key."""
+    """The int8 GEMM through one kernel: `lowbit.faster_int8_kernel`'s choice set for this call's key."""
     def run():
         keep = dict(lowbit._INT8_KERNELS)
         lowbit._INT8_KERNELS.clear()
@@ -80,7 +80,7 @@ def _keys(o: dict, act, eight_bit: bool) -> list[tuple]:
     n = o["w_q"].shape[0]
     out_dtype = o["x_q"].dtype if eight_bit else torch.float16
     residual = 0 if o["residual"] is None else 2
-    return [(lowbit._bucket(m), n, k, str(out_dtype), True, lowbit.ACTS[act], int(eight_bit), residual)]
+    return [(lowbit.bucket(m), n, k, str(out_dtype), True, lowbit.ACTS[act], int(eight_bit), residual)]
 
 
 def compare(got: torch.Tensor, want: torch.Tensor) -> str:

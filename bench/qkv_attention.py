@@ -70,13 +70,13 @@ def fused_triton(x, w, col, bias, mask, out_q):
 
 def fused_gluon(x, w, col, bias, mask, out_q):
     """The warp-specialized int8 kernel alone (autotuned), as `qkv_attention` would launch it."""
-    from trimtab.backends.gpu.lowbit import _multiprocessors
+    from trimtab.backends.gpu.lowbit import multiprocessors
     from trimtab.backends.gpu.qkv_attention_gluon import qkv_attention_pingpong
 
     m, strides = attention_triton.mask_operand(mask, x)
     out = torch.empty((B, S, H, D), dtype=out_q[1] if out_q else torch.float16, device=x.device)
     qkv_attention_pingpong(x, w, col, bias, (0, HIDDEN, 2 * HIDDEN), H, m, strides, D ** -0.5 * 1.4426950408889634,
-                           out, out_q, _multiprocessors(x.device))
+                           out, out_q, multiprocessors(x.device))
     return out.permute(0, 2, 1, 3)
 
 

@@ -133,7 +133,7 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     every BERT layer measured). `residual`: (z,) or (x, stats, gamma, beta), added in the
     epilogue (`residual_value`; float outputs only), each of the output's shape (stats [..., 2]).
     `async_int8`: int8 with the fast epilogue on Hopper may run the warp-specialized Gluon kernel
-    whose tensor-core products overlap each other and the epilogues (`lowbit_gluon`; `_int8_kernel`
+    whose tensor-core products overlap each other and the epilogues (`lowbit_gluon`; `faster_int8_kernel`
     times it against the Triton one per shape)."""
     if residual is not None and out_scale is not None:
         raise ValueError("a residual add needs a float output, not a quantized one")
@@ -157,34 +157,34 @@ def qgemm(x_q: torch.Tensor, w_q: torch.Tensor, col_scale: torch.Tensor, bias: t
     bias_arg, scale_out = bias if bias is not None else col_scale, 1.0 if out_scale is None else out_scale
     if tma:
         desc = kernels["descriptor"].from_tensor  # block shapes are set per config (pre_hook)
-        sms = _multiprocessors(a.device)
+        sms = multiprocessors(a.device)
         tma_grid = lambda meta: (min(sms, grid(meta)[0]) if meta["PERSISTENT"] else grid(meta)[0],)  # noqa: E731
         w_c = w_q.contiguous()
 
         def run_triton():
             kernels["qgemm_tma"][tma_grid](desc(a, [1, 1]), desc(w_c, [1, 1]), desc(out, [1, 1]), col_scale, bias_arg,
-                                           *res_args, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=_bucket(m), **flags)
+                                           *res_args, m, n, k, scale_out, NUM_SMS=sms, M_BUCKET=bucket(m), **flags)
 
         if flags["IS_INT8"] and fast and async_int8 and torch.cuda.get_device_capability(a.device)[0] == 9:
             from trimtab.backends.gpu.lowbit_gluon import qgemm_pingpong
 
             gluon_flags = {key: flags[key] for key in ("HAS_BIAS", "ACT", "OUT_Q", "RESIDUAL")}
             run_gluon = lambda: qgemm_pingpong(a, w_c, out, col_scale, bias_arg, res_args, scale_out,  # noqa: E731
-                                               gluon_flags, _bucket(m), sms)
-            key = (_bucket(m), n, k, str(out_dtype), *gluon_flags.values())
-            {"gluon": run_gluon, "triton": run_triton}[_int8_kernel(key, run_triton, run_gluon)]()
+                                               gluon_flags, bucket(m), sms)
+            key = (bucket(m), n, k, str(out_dtype), *gluon_flags.values())
+            {"gluon": run_gluon, "triton": run_triton}[faster_int8_kernel(key, run_triton, run_gluon)]()
         else:
             run_triton()
     else:
         kernels["qgemm"][grid](a, w_q, out, col_scale, bias_arg, *res_args, m, n, k, a.stride(0), w_q.stride(0),
-                               out.stride(0), scale_out, M_BUCKET=_bucket(m), **flags)
+                               out.stride(0), scale_out, M_BUCKET=bucket(m), **flags)
     return out.reshape(*lead, n)
 
 
 _INT8_KERNELS: dict[tuple, str] = {}
 
 
-def _int8_kernel(key: tuple, run_triton, run_gluon) -> str:
+def faster_int8_kernel(key: tuple, run_triton, run_gluon) -> str:
     """"gluon" or "triton" for an int8 GEMM of this shape class and epilogue: the faster of the two,
     timed once (each autotuned on its first call; `fused._fastest`). With TRIMTAB_QUICK_TUNE=1 (the
     test suite) the Gluon kernel, untimed; while a CUDA graph is being captured nothing can be
@@ -212,13 +212,13 @@ def _residual_args(residual: tuple | None, placeholder: torch.Tensor) -> list[to
     return args + [placeholder] * (4 - len(args))
 
 
-def _bucket(n: int) -> int:
+def bucket(n: int) -> int:
     """n rounded up to a power of two: the autotuners' key for a dimension that varies per engine."""
     return 1 << max(n - 1, 0).bit_length()
 
 
 @functools.cache
-def _multiprocessors(device: torch.device) -> int:
+def multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 

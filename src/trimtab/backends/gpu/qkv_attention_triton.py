@@ -165,7 +165,7 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
     `config` (tests): run these meta-parameters (BLOCK_K, MERGE_QK, num_warps, num_stages)
     instead of the autotuned ones. `async_int8`: int8 operands on Hopper may run the
     warp-specialized Gluon kernel (`qkv_attention_gluon`), timed once per shape class against
-    this one (`lowbit._int8_kernel`)."""
+    this one (`lowbit.faster_int8_kernel`)."""
     b, s, k = x.shape
     hidden = w.shape[0] // 3
     d = hidden // heads
@@ -191,14 +191,14 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
         from trimtab.backends.gpu import qkv_attention_gluon as gluon_kernel
 
         if gluon_kernel.supported(x, w, heads, mask, strides, half, out_q is not None):
-            from trimtab.backends.gpu.lowbit import _bucket, _int8_kernel, _multiprocessors
+            from trimtab.backends.gpu.lowbit import bucket, faster_int8_kernel, multiprocessors
 
             def run_gluon():
                 gluon_kernel.qkv_attention_pingpong(x, w, col_scale, bias, offsets, heads, mask, strides, qk_scale,
-                                                    out, out_q, _multiprocessors(x.device))
+                                                    out, out_q, multiprocessors(x.device))
 
-            key = ("qkv_attention", _bucket(b), s, k, d, heads, out_q is not None, mask is not x)
-            {"gluon": run_gluon, "triton": run_triton}[_int8_kernel(key, run_triton, run_gluon)]()
+            key = ("qkv_attention", bucket(b), s, k, d, heads, out_q is not None, mask is not x)
+            {"gluon": run_gluon, "triton": run_triton}[faster_int8_kernel(key, run_triton, run_gluon)]()
             return out.permute(0, 2, 1, 3)
     run_triton()
     return out.permute(0, 2, 1, 3)
