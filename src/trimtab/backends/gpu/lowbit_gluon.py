@@ -47,6 +47,13 @@ def _fast_tanh(x):
 
 
 @gluon.jit
+def round_to_int8(y):
+    """y (fp32) rounded half to even and saturated to int8 on the FP32 pipe: lowbit_triton.round_to_int8."""
+    y = gl.minimum(gl.maximum(y, -128.0), 127.0)
+    return (y + 12582912.0).to(gl.int32, bitcast=True).to(gl.int8)
+
+
+@gluon.jit
 def _epilogue(acc, r, mean, rstd, cols, N, scale_ptr, bias_ptr, gamma_ptr, beta_ptr, out_scale, HAS_BIAS: gl.constexpr,
               ACT: gl.constexpr, OUT_Q: gl.constexpr, RESIDUAL: gl.constexpr, out_ty: gl.constexpr):
     """`lowbit_triton.epilogue` (FAST) then `add_residual`, on the accumulator's own layout; r, mean
@@ -60,9 +67,8 @@ def _epilogue(acc, r, mean, rstd, cols, N, scale_ptr, bias_ptr, gamma_ptr, beta_
         y = 0.5 * y * (1.0 + _fast_tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)))
     if OUT_Q != 0:
         y = y * (1.0 / out_scale)
-    if OUT_Q == 1:  # round half to even on the FP32 pipe (lowbit_triton.round_to_int8)
-        y = gl.minimum(gl.maximum(y, -128.0), 127.0)
-        return (y + 12582912.0).to(gl.int32, bitcast=True).to(gl.int8)
+    if OUT_Q == 1:
+        return round_to_int8(y)
     if OUT_Q == 2:
         return gl.minimum(gl.maximum(y, -448.0), 448.0).to(gl.float8e4nv)
     out = y.to(out_ty)

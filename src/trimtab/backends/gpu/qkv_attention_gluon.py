@@ -28,8 +28,9 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from trimtab.backends.gpu.lowbit_gluon import SM_SHARED_BYTES, round_to_int8
+
 LOG2E = gl.constexpr(1.4426950408889634)
-SM_SHARED_BYTES = 227 * 1024  # the most one program may have on Hopper
 
 
 @gluon.jit
@@ -186,8 +187,7 @@ def _mask_row(ptr, stride, layout: gl.constexpr, BLOCK_S: gl.constexpr):
 def _output(o, out_scale, OUT_Q: gl.constexpr):
     """attention_triton.output: int8 (round half to even on the FP32 pipe, saturate), else fp16."""
     if OUT_Q == 1:
-        y = gl.minimum(gl.maximum(o * (1.0 / out_scale), -128.0), 127.0)
-        y = (y + 12582912.0).to(gl.int32, bitcast=True).to(gl.int8)
+        y = round_to_int8(o * (1.0 / out_scale))
     else:
         y = o.to(gl.float16)
     return y
