@@ -87,13 +87,16 @@ def _data_inputs(step: Step) -> list[str]:
 
 def _narrow_shapes(plan: Plan, chain: list[Step]) -> dict[str, tuple] | None:
     """Each chain tensor's narrow shape (same rank as its shape): an output's is the broadcast of
-    its data inputs' narrow shapes (an Expand's, its input's); None if a shape is unknown."""
+    its data inputs' narrow shapes (an Expand's, its input's); None if a shape is unknown or an
+    Expand adds axes."""
     narrow: dict[str, tuple] = {}
     for step in chain:
         out = step.outputs[0]
         if out not in plan.shapes:
             return None
         rank = len(plan.shapes[out])
+        if step.op == "Expand" and len(plan.shapes.get(step.inputs[0], ())) != rank:
+            return None  # made an Identity, it would change the tensor's rank
         shapes = []
         for name in _data_inputs(step):
             if name not in narrow:

@@ -47,6 +47,15 @@ def _fast_tanh(x):
 
 
 @gluon.jit
+def barriers(COUNT: gl.constexpr):
+    """COUNT mbarriers in shared memory, each initialised to wait for one arrival."""
+    bars = gl.allocate_shared_memory(gl.int64, [COUNT, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(COUNT):
+        mbarrier.init(bars.index(i), count=1)
+    return bars
+
+
+@gluon.jit
 def round_to_int8(y):
     """y (fp32) rounded half to even and saturated to int8 on the FP32 pipe: lowbit_triton.round_to_int8."""
     y = gl.minimum(gl.maximum(y, -128.0), 127.0)
@@ -235,18 +244,8 @@ def qgemm_pingpong_kernel(a_desc, b_desc, c_desc, r_desc, scale_ptr, bias_ptr, s
     c_bufs = gl.allocate_shared_memory(c_desc.dtype, [2, BLOCK_M, BLOCK_N], c_desc.layout)
     r_shape: gl.constexpr = [2, BLOCK_M, BLOCK_N] if RESIDUAL != 0 else [1, 8, 8]  # (a token buffer: unused)
     r_bufs = gl.allocate_shared_memory(r_desc.dtype, r_shape, r_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    r_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    for i in gl.static_range(2):
-        mbarrier.init(r_ready.index(i), count=1)
-        mbarrier.init(r_empty.index(i), count=1)
-        mbarrier.init(done.index(i), count=1)
+    ready, empty = barriers(STAGES), barriers(STAGES)
+    r_ready, r_empty, done = barriers(2), barriers(2), barriers(2)
     descs = (a_desc, b_desc, c_desc, r_desc)
     bufs = (a_bufs, b_bufs, c_bufs, r_bufs)
     bars = (ready, empty, r_ready, r_empty, done)

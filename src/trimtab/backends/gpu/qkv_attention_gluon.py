@@ -28,7 +28,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from trimtab.backends.gpu.lowbit_gluon import SM_SHARED_BYTES, round_to_int8
+from trimtab.backends.gpu.lowbit_gluon import SM_SHARED_BYTES, barriers, round_to_int8
 
 LOG2E = gl.constexpr(1.4426950408889634)
 
@@ -248,18 +248,8 @@ def qkv_attention_pingpong_kernel(x_desc, w_desc, o_desc, m_desc, scale_ptr, bia
     o_bufs = gl.allocate_shared_memory(o_desc.dtype, [2, BLOCK_S, D], o_desc.layout)
     m_shape: gl.constexpr = [2, BLOCK_S, BLOCK_S] if MASK == 2 else [1, 8, 8]  # (a token buffer: unused)
     m_bufs = gl.allocate_shared_memory(m_desc.dtype, m_shape, m_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    done = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    m_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    m_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    for i in gl.static_range(2):
-        mbarrier.init(done.index(i), count=1)
-        mbarrier.init(m_ready.index(i), count=1)
-        mbarrier.init(m_empty.index(i), count=1)
+    ready, empty = barriers(STAGES), barriers(STAGES)
+    done, m_ready, m_empty = barriers(2), barriers(2), barriers(2)
     bufs = (x_bufs, wq_bufs, wk_bufs, wv_bufs, kv_bufs, o_bufs, m_bufs)
     bars = (ready, empty, done, m_ready, m_empty)
     gl.warp_specialize([

@@ -197,7 +197,8 @@ def qkv_attention(x: torch.Tensor, w: torch.Tensor, col_scale: torch.Tensor | No
                 gluon_kernel.qkv_attention_pingpong(x, w, col_scale, bias, offsets, heads, mask, strides, qk_scale,
                                                     out, out_q, multiprocessors(x.device))
 
-            key = ("qkv_attention", bucket(b), s, k, d, heads, out_q is not None, mask is not x)
+            kind = gluon_kernel.mask_kind(mask, x, strides, s)  # a row of keys or tiles: timed apart
+            key = ("qkv_attention", bucket(b), s, k, d, heads, out_q is not None, kind)
             {"gluon": run_gluon, "triton": run_triton}[faster_int8_kernel(key, run_triton, run_gluon)]()
             return out.permute(0, 2, 1, 3)
     run_triton()
