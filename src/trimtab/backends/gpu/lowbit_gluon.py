@@ -56,6 +56,37 @@ def barriers(COUNT: gl.constexpr):
 
 
 @gluon.jit
+def ring_free_slot(empty, step, STAGES: gl.constexpr):
+    """The loader's side of the operand ring: wait until the slot of K step `step` has been read
+    (the math warpgroup arrived on its `empty` barrier; a fresh ring passes at once); its index."""
+    s = step % STAGES
+    mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
+    return s
+
+
+@gluon.jit
+def ring_filled_slot(ready, step, STAGES: gl.constexpr):
+    """The math side: wait until the TMA loads of K step `step` have landed; the slot's index."""
+    s = step % STAGES
+    mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+    return s
+
+
+@gluon.jit
+def ring_release(empty, step, STAGES: gl.constexpr, pred=True):
+    """The math side: the products that read K step `step` are done; the loader may refill its slot."""
+    mbarrier.arrive(empty.index(step % STAGES), count=1, pred=pred)
+
+
+@gluon.jit
+def wait_turn(done, WHICH: gl.constexpr, j):
+    """Products run in tile (item) order: wait until the other warpgroup has issued those of j - 1.
+    Then a ring slot's barrier is never two fills ahead of the step that waits on it (without
+    this the second warpgroup passed on a stale phase and the kernel crashed: docs/gpu.md)."""
+    mbarrier.wait(done.index(1 - WHICH), ((j - 1) // 2) & 1, pred=j > 0)
+
+
+@gluon.jit
 def round_to_int8(y):
     """y (fp32) rounded half to even and saturated to int8 on the FP32 pipe: lowbit_triton.round_to_int8."""
     y = gl.minimum(gl.maximum(y, -128.0), 127.0)
@@ -159,8 +190,7 @@ def _loader(descs, bufs, bars, M, N, K, RESIDUAL: gl.constexpr, BLOCK_M: gl.cons
             tma.async_copy_global_to_shared(r_desc, [off_m, off_n], r_ready.index(j % 2), r_bufs.index(j % 2))
         for ki in range(k_tiles):
             step = j * k_tiles + ki
-            s = step % STAGES
-            mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
+            s = ring_free_slot(empty, step, STAGES)
             mbarrier.expect(ready.index(s), step_bytes)
             tma.async_copy_global_to_shared(a_desc, [off_m, ki * BLOCK_K], ready.index(s), a_bufs.index(s))
             tma.async_copy_global_to_shared(b_desc, [off_n, ki * BLOCK_K], ready.index(s), b_bufs.index(s))
@@ -181,20 +211,17 @@ def _math(WHICH: gl.constexpr, descs, bufs, bars, scale_ptr, bias_ptr, stats_ptr
     c_smem = c_bufs.index(WHICH)
     for j in range(WHICH, tiles, 2):
         acc = gl.zeros((BLOCK_M, BLOCK_N), dtype=gl.int32, layout=layout)
-        # the tiles' products run in tile order: the other warpgroup has issued those of tile j - 1.
-        # (Then a ring slot's barrier is never two fills ahead of the step that waits on it.)
-        mbarrier.wait(done.index(1 - WHICH), ((j - 1) // 2) & 1, pred=j > 0)
+        wait_turn(done, WHICH, j)
         for ki in range(k_tiles):
             step = j * k_tiles + ki
-            s = step % STAGES
-            mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+            s = ring_filled_slot(ready, step, STAGES)
             acc = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             # the step before's product is done: its slot can be refilled
-            mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=ki > 0)
+            ring_release(empty, step + STAGES - 1, STAGES, ki > 0)
         mbarrier.arrive(done.index(WHICH), count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(empty.index((j * k_tiles + k_tiles - 1) % STAGES), count=1)
+        ring_release(empty, j * k_tiles + k_tiles - 1, STAGES)
 
         off_m, off_n = _tile_origin(j, first, programs, num_m, num_n, BLOCK_M, BLOCK_N, 8)
         rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))

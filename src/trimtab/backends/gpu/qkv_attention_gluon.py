@@ -28,7 +28,8 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from trimtab.backends.gpu.lowbit_gluon import SM_SHARED_BYTES, barriers, round_to_int8
+from trimtab.backends.gpu.lowbit_gluon import (SM_SHARED_BYTES, barriers, ring_filled_slot, ring_free_slot,
+                                              ring_release, round_to_int8, wait_turn)
 
 LOG2E = gl.constexpr(1.4426950408889634)
 
@@ -62,8 +63,7 @@ def _loader(x_desc, w_desc, m_desc, bufs, bars, H, K, n_items, off_q, off_k, off
                                             m_bufs.index(j % 2))
         for ki in range(k_tiles):
             step = j * k_tiles + ki
-            s = step % STAGES
-            mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
+            s = ring_free_slot(empty, step, STAGES)
             mbarrier.expect(ready.index(s), step_bytes)
             k0 = ki * BLOCK_K
             tma.async_copy_global_to_shared(x_desc, [row, k0], ready.index(s), x_bufs.index(s))
@@ -105,23 +105,20 @@ def _products(WHICH: gl.constexpr, j, bufs, bars, K, layout: gl.constexpr, BLOCK
     acc_q = gl.zeros((BLOCK_S, D), dtype=gl.int32, layout=layout)
     acc_k = gl.zeros((BLOCK_S, D), dtype=gl.int32, layout=layout)
     acc_v = gl.zeros((BLOCK_S, D), dtype=gl.int32, layout=layout)
-    # items' products run in item order: the other warpgroup has issued those of item j - 1 (then
-    # a ring slot's barrier is never two fills ahead of the step that waits on it: lowbit_gluon)
-    mbarrier.wait(done.index(1 - WHICH), ((j - 1) // 2) & 1, pred=j > 0)
+    wait_turn(done, WHICH, j)
     for ki in range(k_tiles):
         step = j * k_tiles + ki
-        s = step % STAGES
-        mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+        s = ring_filled_slot(ready, step, STAGES)
         x = x_bufs.index(s)
         acc_q = warpgroup_mma(x, wq_bufs.index(s).permute((1, 0)), acc_q, is_async=True)
         acc_k = warpgroup_mma(x, wk_bufs.index(s).permute((1, 0)), acc_k, is_async=True)
         acc_v = warpgroup_mma(x, wv_bufs.index(s).permute((1, 0)), acc_v, is_async=True)
         acc_q, acc_k, acc_v = warpgroup_mma_wait(num_outstanding=3, deps=(acc_q, acc_k, acc_v))
         # the step before's products are done: its slot can be refilled
-        mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=ki > 0)
+        ring_release(empty, step + STAGES - 1, STAGES, ki > 0)
     mbarrier.arrive(done.index(WHICH), count=1)
     acc_q, acc_k, acc_v = warpgroup_mma_wait(num_outstanding=0, deps=(acc_q, acc_k, acc_v))
-    mbarrier.arrive(empty.index((j * k_tiles + k_tiles - 1) % STAGES), count=1)
+    ring_release(empty, j * k_tiles + k_tiles - 1, STAGES)
     return acc_q, acc_k, acc_v
 
 
